@@ -1,0 +1,208 @@
+"""The model bundle: the one contract between training and the node (format documented in
+docs/formats.md).
+
+A bundle is a directory holding `model.keras` (uint8 RGB in, class probabilities out, backbone
+preprocessing inside the graph), `labels.txt`, `bundle.json` and optionally `model.tflite`.
+Reading validates everything cheap first; `load_keras_model` loads in Keras safe mode and checks
+that the network's shapes match the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tl_perception.errors import BundleError
+from tl_perception.fsutil import atomic_write_json, staged_directory
+
+if TYPE_CHECKING:
+    import keras
+
+FORMAT = "tl_perception.bundle"
+VERSION = 1
+MODEL_FILE = "model.keras"
+TFLITE_FILE = "model.tflite"
+LABELS_FILE = "labels.txt"
+META_FILE = "bundle.json"
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle on disk; `meta` is the whole of bundle.json."""
+
+    path: Path
+    input_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    backbone: str
+    meta: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def tflite_path(self) -> Path:
+        return self.path / TFLITE_FILE
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load_keras_model(self) -> keras.Model:
+        """Load `model.keras` in safe mode (no lambdas, no pickles) and check its shapes."""
+        import keras
+
+        try:
+            model = keras.saving.load_model(self.model_path, compile=False, safe_mode=True)
+        except Exception as err:
+            raise BundleError(f"{self.model_path}: cannot load Keras model: {err}") from err
+        check_model_shapes(model, self.input_size, self.num_classes, str(self.model_path))
+        return model
+
+
+def check_model_shapes(
+    model: Any, input_size: Sequence[int], num_classes: int, where: str = "model"
+) -> None:
+    """The network must take (N, H, W, 3) images and give one probability per label."""
+    in_shape = tuple(model.inputs[0].shape)
+    out_shape = tuple(model.outputs[0].shape)
+    if len(in_shape) != 4 or tuple(in_shape[1:]) != (*tuple(input_size), 3):
+        raise BundleError(
+            f"{where}: input shape {in_shape} does not match bundle input_size "
+            f"{list(input_size)} with 3 channels"
+        )
+    if out_shape[-1] != num_classes:
+        raise BundleError(
+            f"{where}: model has {out_shape[-1]} outputs but labels.txt has {num_classes} classes"
+        )
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle's metadata without loading the network.
+
+    Raises:
+        BundleError: with one line saying what is missing or wrong and where.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a model bundle directory (it does not exist)")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{path}: missing {META_FILE}; is this a tl_perception model bundle?")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{meta_path}: corrupt JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{meta_path}: 'format' must be {FORMAT!r}")
+    version = meta.get("version")
+    if version != VERSION:
+        raise BundleError(
+            f"{meta_path}: bundle version {version!r} is not supported "
+            f"(this tl_perception reads version {VERSION})"
+        )
+    input_size = meta.get("input_size")
+    if (
+        not isinstance(input_size, list)
+        or len(input_size) != 2
+        or not all(isinstance(v, int) and v > 0 for v in input_size)
+    ):
+        raise BundleError(f"{meta_path}: 'input_size' must be [height, width] positive integers")
+    if meta.get("color_order") != "rgb":
+        raise BundleError(
+            f"{meta_path}: 'color_order' must be 'rgb', got {meta.get('color_order')!r}"
+        )
+    names = meta.get("class_names")
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and n and "\n" not in n for n in names)
+    ):
+        raise BundleError(f"{meta_path}: 'class_names' must be a non-empty list of names")
+    if len(set(names)) != len(names):
+        raise BundleError(f"{meta_path}: 'class_names' has duplicates")
+    backbone = meta.get("backbone")
+    if not isinstance(backbone, str) or not backbone:
+        raise BundleError(f"{meta_path}: 'backbone' must be a non-empty string")
+    labels_path = path / LABELS_FILE
+    if not labels_path.is_file():
+        raise BundleError(f"{path}: missing {LABELS_FILE}")
+    labels = labels_path.read_text(encoding="utf-8").splitlines()
+    if labels != names:
+        raise BundleError(
+            f"{labels_path}: {len(labels)} labels do not equal bundle.json class_names "
+            f"({len(names)} names)"
+        )
+    model_path = path / MODEL_FILE
+    if not model_path.is_file():
+        raise BundleError(f"{path}: missing {MODEL_FILE}")
+    if not zipfile.is_zipfile(model_path):
+        raise BundleError(f"{model_path}: corrupt (not a .keras zip archive)")
+    return Bundle(
+        path=path,
+        input_size=(input_size[0], input_size[1]),
+        class_names=tuple(names),
+        backbone=backbone,
+        meta=meta,
+    )
+
+
+def bundle_meta(
+    *,
+    class_names: Sequence[str],
+    input_size: Sequence[int],
+    backbone: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The required bundle.json fields plus any extra (strategy, config, metrics, ...)."""
+    return {
+        **extra,
+        "format": FORMAT,
+        "version": VERSION,
+        "input_size": [int(input_size[0]), int(input_size[1])],
+        "color_order": "rgb",
+        "backbone": backbone,
+        "class_names": list(class_names),
+    }
+
+
+def write_bundle(
+    path: str | Path,
+    model: Any,
+    meta: Mapping[str, Any],
+    *,
+    tflite: bytes | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+) -> Bundle:
+    """Write a complete bundle atomically (a previous bundle at `path` survives any failure).
+
+    `meta` comes from `bundle_meta`; `extra_files(stage_dir)` may add a report or other files.
+    """
+    meta = dict(meta)
+    check_model_shapes(model, meta["input_size"], len(meta["class_names"]))
+    with staged_directory(path) as stage:
+        model.save(stage / MODEL_FILE)
+        (stage / LABELS_FILE).write_text("\n".join(meta["class_names"]) + "\n", encoding="utf-8")
+        if tflite is not None:
+            (stage / TFLITE_FILE).write_bytes(tflite)
+        if extra_files is not None:
+            extra_files(stage)
+        atomic_write_json(stage / META_FILE, meta)
+        read_bundle(stage)
+    return read_bundle(path)
+
+
+def update_meta(path: str | Path, **fields: Any) -> Bundle:
+    """Add or replace bundle.json fields atomically (e.g. TFLite agreement after export)."""
+    bundle = read_bundle(path)
+    atomic_write_json(bundle.path / META_FILE, {**bundle.meta, **fields})
+    return read_bundle(path)
