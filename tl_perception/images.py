@@ -10,6 +10,7 @@ Messages are duck-typed: rclpy messages and rosbags dataclasses both work.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -222,3 +223,27 @@ def _rgb_to_yuv422(rgb: np.ndarray, uyvy: bool) -> np.ndarray:
     quads = (u, y0, v, y1) if uyvy else (y0, u, y1, v)
     packed = np.stack(quads, axis=-1).reshape(rgb.shape[0], rgb.shape[1] * 2)
     return np.clip(np.rint(packed), 0, 255).astype(np.uint8)
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Read a PNG, JPEG, BMP or PPM file as RGB uint8; ImageDecodeError if unreadable."""
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else np.empty(0, np.uint8)
+    if data.size == 0:
+        raise ImageDecodeError(f"{path}: missing or empty image file")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ImageDecodeError(f"{path}: not a readable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (height, width) exactly as inference does, so training sees the same pixels.
+
+    INTER_AREA when shrinking (no aliasing), INTER_LINEAR when growing.
+    """
+    height, width = size
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    shrinking = rgb.shape[0] * rgb.shape[1] > height * width
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)

@@ -1,0 +1,153 @@
+"""Opening bags of every kind with rosbags, and telling image topics from label topics.
+
+A bag is untrusted input: whatever rosbags raises while opening or reading it (corrupt chunks,
+truncated files, unknown storage) becomes one `BagError` naming the bag, so the CLI exits with 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tl_perception.dataset import safe_class_dir
+from tl_perception.errors import BagError
+
+IMAGE_TYPES: dict[str, str] = {
+    "sensor_msgs/msg/Image": "raw",
+    "sensor_msgs/msg/CompressedImage": "compressed",
+}
+LABEL_TYPES: tuple[str, ...] = ("std_msgs/msg/String", "vision_msgs/msg/Classification")
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """What `inspect` shows per topic."""
+
+    name: str
+    msgtype: str
+    count: int
+    rate_hz: float | None
+
+    @property
+    def is_image(self) -> bool:
+        return self.msgtype in IMAGE_TYPES
+
+    @property
+    def is_label(self) -> bool:
+        return self.msgtype in LABEL_TYPES
+
+
+def bag_name(path: str | Path) -> str:
+    """The bag's name in file names and sequence ids: its stem as a safe slug."""
+    path = Path(path)
+    stem = path.name if path.is_dir() else path.stem
+    return safe_class_dir(stem)
+
+
+def check_bag_path(path: Path) -> None:
+    """Reject paths that cannot be a bag before rosbags sees them."""
+    if not path.exists():
+        raise BagError(f"bag {str(path)!r} does not exist")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        raise BagError(
+            f"{str(path)!r} is a directory without metadata.yaml, not a rosbag2 bag; "
+            "pass the .mcap/.db3 file itself or a rosbag2 directory"
+        )
+    if path.is_file() and path.suffix not in (".bag", ".mcap", ".db3"):
+        raise BagError(
+            f"{str(path)!r} is not a bag: expected a ROS 1 .bag, a bare .mcap or .db3, "
+            "or a rosbag2 directory"
+        )
+
+
+@contextlib.contextmanager
+def open_bag(path: str | Path) -> Iterator[Any]:
+    """An open `rosbags.highlevel.AnyReader` for one bag; every failure is a `BagError`."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    path = Path(path)
+    check_bag_path(path)
+    try:
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
+        reader.open()
+    except Exception as err:  # rosbags raises many kinds on corrupt input
+        raise BagError(f"cannot read bag {str(path)!r}: {_describe(err)}") from err
+    try:
+        yield reader
+    finally:
+        with contextlib.suppress(Exception):
+            reader.close()
+
+
+def iter_messages(
+    reader: Any, path: Path, topics: Sequence[str], start: int | None = None
+) -> Iterator[tuple[Any, int, bytes]]:
+    """(connection, log time ns, raw bytes) of `topics` in time order; corruption -> BagError."""
+    conns = [c for c in reader.connections if c.topic in topics]
+    if not conns:
+        return
+    try:
+        yield from reader.messages(connections=conns, start=start)
+    except BagError:
+        raise
+    except Exception as err:
+        raise BagError(f"bag {str(path)!r} is corrupt or truncated: {_describe(err)}") from err
+
+
+def deserialize(reader: Any, path: Path, raw: bytes, msgtype: str) -> Any:
+    """Deserialize one message; undecodable bytes are a BagError (the bag is corrupt)."""
+    try:
+        return reader.deserialize(raw, msgtype)
+    except Exception as err:
+        raise BagError(f"bag {str(path)!r} holds an undecodable {msgtype}: {err}") from err
+
+
+def topic_infos(reader: Any) -> list[TopicInfo]:
+    """Topics sorted by name, with message count and mean rate over the whole bag."""
+    infos = []
+    duration_s = max(reader.duration, 0) / 1e9
+    for name, info in sorted(reader.topics.items()):
+        count = int(info.msgcount)
+        rate = (count - 1) / duration_s if count > 1 and duration_s > 0 else None
+        infos.append(TopicInfo(name, info.msgtype or "?", count, rate))
+    return infos
+
+
+def require_topic(reader: Any, path: Path, topic: str, kinds: tuple[str, ...], role: str) -> str:
+    """The msgtype of `topic`, which must exist and be one of `kinds`; else a BagError."""
+    infos = topic_infos(reader)
+    by_name = {i.name: i for i in infos}
+    if topic not in by_name:
+        candidates = [i.name for i in infos if i.msgtype in kinds]
+        raise BagError(
+            f"topic {topic!r} not in bag {str(path)!r}; {role} topics there: "
+            f"{', '.join(candidates) or 'none'}"
+        )
+    msgtype = by_name[topic].msgtype
+    if msgtype not in kinds:
+        raise BagError(
+            f"topic {topic!r} in {str(path)!r} is {msgtype}, not a {role} topic "
+            f"({' or '.join(kinds)})"
+        )
+    return msgtype
+
+
+def label_of(msg: Any) -> str | None:
+    """The label a String (its data) or Classification (best-scoring result) message carries."""
+    if hasattr(msg, "data") and isinstance(msg.data, str):
+        return msg.data
+    results = list(getattr(msg, "results", None) or [])
+    if not results:
+        return None
+    best = max(results, key=lambda r: float(getattr(r, "score", 0.0)))
+    value = getattr(best, "class_id", getattr(best, "id", None))
+    return None if value is None else str(value)
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
