@@ -1,7 +1,7 @@
 """Write real bags (ROS 2 MCAP, ROS 2 sqlite3, ROS 1) with rosbags writers, for tests and benches.
 
-A bag is described as a list of `Msg(topic, t_ns, kind, payload)`; `kind` is "image" (payload:
-(rgb, encoding)), "compressed" (payload: (rgb, "jpeg"|"png") or raw bytes), "string" (payload: text).
+A bag is a list of `Msg(topic, t_ns, kind, payload)`; `kind` is "image" (payload: (rgb, encoding)),
+"compressed" (payload: (rgb, "jpeg"|"png") or raw bytes) or "string" (payload: text).
 Header stamps equal the log time unless `stamp_ns` is given.
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 from rosbags.rosbag1 import Writer as Writer1
-from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
+from rosbags.rosbag2 import StoragePlugin
+from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
 from tl_perception.images import image_fields, rgb_to_compressed
@@ -127,8 +128,7 @@ def frames(
     out = []
     for i, rgb in enumerate(images):
         t_ns = T0 + round((start_s + i * period_s) * SEC)
-        payload = (rgb, encoding) if kind == "image" else (rgb, encoding)
-        out.append(Msg(topic, t_ns, kind, payload))
+        out.append(Msg(topic, t_ns, kind, (rgb, encoding)))
     return out
 
 

@@ -1,10 +1,133 @@
-"""Sub-commands of this room (placeholder until the room's issue lands)."""
+"""`tl-perception extract` and `tl-perception inspect` (argparse only; work is imported lazily)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import Any
+
+from tl_perception.errors import DatasetError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add this room's sub-commands to `tl-perception`."""
+    """Add `extract` and `inspect` to `tl-perception`."""
+    ext = subparsers.add_parser(
+        "extract",
+        help="bags -> labelled, leakage-free image dataset",
+        description="Extract a labelled image dataset (train/val/test/<label>/*.png plus "
+        "manifest.csv and dataset.json) from ROS 1 / ROS 2 bags, without ROS.",
+    )
+    ext.add_argument("bags", nargs="+", type=Path, metavar="BAG", help=".bag, .mcap or rosbag2 dir")
+    ext.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    ext.add_argument("--out", required=True, type=Path, help="dataset directory")
+    lab = ext.add_mutually_exclusive_group(required=True)
+    lab.add_argument("--label", help="one label for every frame")
+    lab.add_argument("--label-topic", help="std_msgs/String or vision_msgs/Classification topic")
+    lab.add_argument("--label-csv", type=Path, help="CSV rows start,end,label (s from bag start)")
+    lab.add_argument("--unlabeled", action="store_true", help="write frames for later labelling")
+    ext.add_argument(
+        "--label-tolerance",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="max age of a --label-topic label (default 1.0)",
+    )
+    ext.add_argument("--every", type=int, default=1, metavar="N", help="keep every Nth frame")
+    ext.add_argument("--min-interval", type=float, default=0.0, metavar="SECONDS")
+    ext.add_argument("--start", type=float, metavar="SECONDS", help="from bag start")
+    ext.add_argument("--end", type=float, metavar="SECONDS", help="from bag start")
+    ext.add_argument("--crop", metavar="X,Y,W,H", help="crop in pixels before writing")
+    ext.add_argument(
+        "--dedup",
+        type=int,
+        nargs="?",
+        const=4,
+        metavar="HAMMING",
+        help="drop frames within HAMMING bits (default 4) of the last kept one",
+    )
+    ext.add_argument("--format", choices=("png", "jpg"), default="png")
+    ext.add_argument("--split", metavar="TRAIN,VAL,TEST", help="e.g. 0.8,0.1,0.1 (by sequence)")
+    ext.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    ext.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N")
+    ext.add_argument("--append", action="store_true", help="add bags to an existing dataset")
+    ext.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ext.set_defaults(func=run_extract)
+
+    ins = subparsers.add_parser(
+        "inspect",
+        help="list a bag's topics, image encodings and label topics",
+        description="List topics with type, count and rate; image topics with encoding and "
+        "resolution of the first frame; topics usable as labels.",
+    )
+    ins.add_argument("bags", nargs="+", type=Path, metavar="BAG")
+    ins.set_defaults(func=run_inspect)
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    """Validated `ExtractOptions` from parsed arguments (DatasetError on bad values)."""
+    from tl_perception.bag.extract import ExtractOptions
+    from tl_perception.bag.plan import FrameFilter, LabelSpec, read_label_csv
+    from tl_perception.bag.splits import parse_fractions
+
+    if args.label is not None:
+        labels = LabelSpec("fixed", name=args.label)
+    elif args.label_topic:
+        labels = LabelSpec("topic", topic=args.label_topic, tolerance_s=args.label_tolerance)
+    elif args.label_csv:
+        labels = LabelSpec("csv", ranges=read_label_csv(args.label_csv))
+    else:
+        labels = LabelSpec("none")
+    if args.every < 1 or args.min_interval < 0 or args.label_tolerance < 0:
+        raise DatasetError("--every must be >= 1; --min-interval and --label-tolerance >= 0")
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise DatasetError(f"--end {args.end} must be after --start {args.start}")
+    if args.dedup is not None and not 0 <= args.dedup <= 64:
+        raise DatasetError(f"--dedup {args.dedup}: HAMMING must be 0..64")
+    if args.workers < 1:
+        raise DatasetError(f"--workers {args.workers}: need at least 1")
+    return ExtractOptions(
+        bags=tuple(args.bags),
+        topic=args.topic,
+        out=args.out,
+        labels=labels,
+        selection=FrameFilter(args.every, args.min_interval, args.start, args.end),
+        crop=parse_crop(args.crop) if args.crop else None,
+        dedup=args.dedup,
+        fmt=args.format,
+        split=parse_fractions(args.split) if args.split else None,
+        seed=args.seed,
+        workers=args.workers,
+        append=args.append,
+    )
+
+
+def parse_crop(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise DatasetError(f"--crop {text!r}: expected X,Y,W,H in pixels") from None
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise DatasetError(f"--crop {text!r}: need X,Y >= 0 and W,H > 0")
+    return x, y, w, h
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from tl_perception.bag.extract import extract
+    from tl_perception.bag.progress import summary_table
+    from tl_perception.dataset import SPLITS
+
+    options = options_from_args(args)
+    report = extract(options, progress=not args.no_progress and sys.stderr.isatty())
+    print(summary_table(report.kept, report.skipped, SPLITS))
+    print(f"wrote {report.written} images to {options.out} in {report.seconds:.1f} s")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from tl_perception.bag.inspect import format_report, inspect_bag
+
+    for path in args.bags:
+        print(format_report(inspect_bag(path)))
+    return 0

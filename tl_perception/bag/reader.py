@@ -130,8 +130,8 @@ def require_topic(reader: Any, path: Path, topic: str, kinds: tuple[str, ...], r
     msgtype = by_name[topic].msgtype
     if msgtype not in kinds:
         raise BagError(
-            f"topic {topic!r} in {str(path)!r} is {msgtype}, not a {role} topic "
-            f"({' or '.join(kinds)})"
+            f"topic {topic!r} in {str(path)!r} is {msgtype}; {role} topics must be "
+            f"{' or '.join(kinds)}"
         )
     return msgtype
 

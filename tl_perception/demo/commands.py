@@ -1,10 +1,103 @@
-"""Sub-commands of this room (placeholder until the room's issue lands)."""
+"""`tl-perception demo` (the whole pipeline on synthetic drives) and `tl-perception experiment`
+(every backbone x strategy on one dataset). Argparse only; the work is imported lazily."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
+def _names(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add this room's sub-commands to `tl-perception`."""
+    """Add `demo` and `experiment` to `tl-perception`."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="synth -> extract -> finetune -> classifier_node, on synthetic drives (one command)",
+        description="Run every part of tl_perception on synthetic traffic-sign drives: write a "
+        "training and a held-out drive, extract a dataset, fine-tune (strategy auto), start "
+        "classifier_node, play the held-out drive to it and write report.md with live accuracy, "
+        "fps, drops and latency. A second run reuses finished steps.",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("tl_perception_demo"),
+        help="where bags, dataset, bundle and report go (./tl_perception_demo)",
+    )
+    demo.add_argument(
+        "--rerun-live",
+        action="store_true",
+        help="play the held-out drive to the node again even if a live run is recorded",
+    )
+    demo.set_defaults(func=run_demo_command)
+
+    exp = subparsers.add_parser(
+        "experiment",
+        help="fine-tune + evaluate every backbone x strategy pair; results.md and a chart",
+        description="Reproduce the comparison of networks and strategies on your own dataset: "
+        "finetune and evaluate each (backbone, strategy) pair, sharing one feature cache, then "
+        "write OUT/results.md (test accuracy, train time, trainable parameters, what auto would "
+        "choose) and OUT/results.png. Finished pairs are skipped on re-run.",
+    )
+    exp.add_argument("dataset", type=Path, help="dataset directory (extract output or a tree)")
+    exp.add_argument(
+        "--backbones",
+        type=_names,
+        default=["mobilenet_v2"],
+        help="comma-separated, optionally NAME:ALPHA (e.g. vgg16,inception_v3,resnet50)",
+    )
+    exp.add_argument(
+        "--strategies",
+        type=_names,
+        default=["feature_extraction", "truncate", "fine_tune", "from_scratch"],
+        help="comma-separated from feature_extraction,truncate,fine_tune,from_scratch,auto",
+    )
+    exp.add_argument("--out", type=Path, required=True, help="results directory")
+    exp.add_argument("--epochs", type=int, default=None, help="epochs (trainer default if unset)")
+    exp.add_argument("--input-size", type=int, default=None, help="pixels (backbone default)")
+    exp.add_argument("--weights", default="imagenet", help="imagenet, none or a .h5 file")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--test-split", default="test", help="split to evaluate on (test)")
+    exp.add_argument(
+        "--test",
+        type=Path,
+        default=None,
+        metavar="DATASET2",
+        help="held-out dataset to evaluate on (for a plain tree without a test split)",
+    )
+    exp.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache (OUT/feature_cache)"
+    )
+    exp.set_defaults(func=run_experiment_command)
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    from tl_perception.demo.experiment import BackboneSpec, ExperimentOptions, run_experiment
+
+    options = ExperimentOptions(
+        dataset=args.dataset,
+        out=args.out,
+        backbones=tuple(BackboneSpec.parse(b) for b in args.backbones),
+        strategies=tuple(args.strategies),
+        epochs=args.epochs,
+        input_size=args.input_size,
+        weights=args.weights,
+        seed=args.seed,
+        test_split=args.test_split,
+        test_dataset=args.test,
+        cache_dir=args.cache_dir,
+    )
+    run_experiment(options)
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from tl_perception.demo.pipeline import run_demo
+
+    run_demo(args.workdir, rerun_live=args.rerun_live)
+    return 0

@@ -46,11 +46,13 @@ class Classifier:
         self.backend: str = self._run.name
 
     def _litert(self, num_threads: int | None) -> LiteRTBackend:
-        def validate(model: bytes | Path) -> None:
-            LiteRTBackend(model, self.bundle, num_threads)
+        loaded: list[LiteRTBackend] = []
 
-        model = tflite_for_bundle(self.bundle, validate)
-        return LiteRTBackend(model, self.bundle, num_threads)
+        def validate(model: bytes | Path) -> None:
+            loaded.append(LiteRTBackend(model, self.bundle, num_threads))
+
+        tflite_for_bundle(self.bundle, validate)
+        return loaded[-1]  # the last model validated is the one tflite_for_bundle settled on
 
     @property
     def class_names(self) -> tuple[str, ...]:

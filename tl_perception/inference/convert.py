@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,8 @@ def _quiet() -> Iterator[Callable[[], str]]:
                 sink.seek(0)
                 return sink.read().decode("utf-8", "replace")
 
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 yield read
         finally:
             sys.stdout.flush()

@@ -60,4 +60,3 @@ def build_diagnostics(
         values=[KeyValue(key=key, value=value) for key, value in values.items()],
     )
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])
-

@@ -23,7 +23,9 @@ def select_hypotheses(
     ]
 
 
-def classification_dict(sec: int, nanosec: int, frame_id: str, results: Hypotheses) -> dict[str, Any]:
+def classification_dict(
+    sec: int, nanosec: int, frame_id: str, results: Hypotheses
+) -> dict[str, Any]:
     """The JSON-fallback message body, field for field like vision_msgs/Classification."""
     return {
         "header": {"stamp": {"sec": int(sec), "nanosec": int(nanosec)}, "frame_id": frame_id},

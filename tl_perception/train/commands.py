@@ -1,10 +1,73 @@
-"""Sub-commands of this room (placeholder until the room's issue lands)."""
+"""`tl-perception finetune` (also the ROS executable `finetune`); `evaluate`/`export` come from
+`eval_commands`. Argparse only here: TensorFlow is imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from typing import Any
+
+from tl_perception.backbones import BACKBONES
+
+STRATEGY_CHOICES = ("auto", "feature_extraction", "truncate", "fine_tune", "from_scratch")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this room's sub-commands to `tl-perception`."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained backbone on a dataset into a model bundle",
+        description="Train a classifier bundle from an extraction output or any class-per-folder "
+        "image tree. Defaults are measured to work untuned; see docs/training.md.",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="dataset directory")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write")
+    p.add_argument("--config", metavar="FILE", help="YAML file with any of these options")
+    p.add_argument("--backbone", choices=list(BACKBONES), help="default: mobilenet_v2")
+    p.add_argument("--alpha", type=float, help="MobileNet width (default 0.35 v2, 0.25 v1)")
+    p.add_argument("--input-size", type=int, help="square input side (default per backbone)")
+    p.add_argument("--weights", metavar="imagenet|none|PATH", help="default: imagenet")
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, help="default: auto")
+    p.add_argument("--cut-layer", metavar="NAME", help="truncate: layer to cut the base at")
+    p.add_argument("--unfreeze", type=int, metavar="N", help="fine_tune: train the top N layers")
+    p.add_argument("--epochs", type=int, help="default: per strategy (see docs)")
+    p.add_argument("--head-epochs", type=int, help="fine_tune's frozen head phase (default 10)")
+    p.add_argument("--batch-size", type=int, help="default: 32")
+    p.add_argument("--learning-rate", type=float, help="default: per phase (see docs)")
+    p.add_argument("--augment", choices=("default", "none", "strong"))
+    p.add_argument("--class-weight", choices=("balanced", "none"))
+    p.add_argument("--val-fraction", type=float, help="without a val split (default 0.2)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", default=None, help="continue a run")
+    p.add_argument("--distribute", choices=("none", "mirrored", "multiworker"))
+    p.add_argument("--cache-augmentations", type=int, metavar="K", help="default: 2")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default XDG cache)")
+    p.add_argument("--size-threshold", type=int, help="auto: images/class for 'large'")
+    p.add_argument("--no-export", dest="export_tflite", action="store_false", default=None)
+    p.set_defaults(func=run_finetune)
+    if importlib.util.find_spec("tl_perception.train.eval_commands") is not None:
+        importlib.import_module("tl_perception.train.eval_commands").register(subparsers)
+
+
+OPTION_NAMES = (
+    "backbone", "alpha", "input_size", "weights", "strategy", "cut_layer", "unfreeze", "epochs",
+    "head_epochs", "batch_size", "learning_rate", "augment", "class_weight", "val_fraction",
+    "seed", "resume", "distribute", "cache_augmentations", "cache_dir", "size_threshold",
+    "export_tflite",
+)  # fmt: skip
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from tl_perception.train.config import load_config
+    from tl_perception.train.finetune import finetune
+
+    overrides = {name: getattr(args, name, None) for name in OPTION_NAMES}
+    config = load_config(args.config, **overrides)
+    result = finetune(args.dataset, args.out, config)
+    accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.4f}"
+    print(
+        f"{result.bundle_path}: strategy {result.strategy}, val accuracy {accuracy}, "
+        f"{result.train_seconds:.0f} s"
+    )
+    return 0

@@ -1,0 +1,66 @@
+"""Start tl_perception's classifier_node.
+
+    ros2 launch tl_perception classify.launch.py model_path:=/path/to/bundle \
+        image:=/camera/image_raw [image_transport:=compressed] [namespace:=front] \
+        [params_file:=my.yaml] [log_level:=debug]
+
+`model_path` and `image_transport` given here override the params file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+PACKAGE = "tl_perception"
+EXECUTABLE = "classifier_node"
+NODE_NAME = "classifier"
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Launch arguments mirror the node's most used parameters."""
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "classify.yaml")
+    arguments = [
+        DeclareLaunchArgument("model_path", description="Model bundle directory (required)."),
+        DeclareLaunchArgument(
+            "image", default_value="image", description="Image topic to classify (remaps `image`)."
+        ),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=default_params,
+            description="YAML with the node's parameters (/**: ros__parameters: ...).",
+        ),
+        DeclareLaunchArgument(
+            "image_transport",
+            default_value="raw",
+            description="raw (sensor_msgs/Image) or compressed (<image>/compressed).",
+        ),
+        DeclareLaunchArgument("namespace", default_value="", description="Node namespace."),
+        DeclareLaunchArgument(
+            "log_level", default_value="info", description="debug, info, warn, error or fatal."
+        ),
+    ]
+    node = Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=NODE_NAME,
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "model_path": LaunchConfiguration("model_path"),
+                "image_transport": LaunchConfiguration("image_transport"),
+            },
+        ],
+        remappings=[("image", LaunchConfiguration("image"))],
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+    )
+    return LaunchDescription([*arguments, node])

@@ -1,0 +1,228 @@
+"""A small rclpy harness for classifier-node tests: publish images, collect what comes back.
+
+Each harness owns its own rclpy Context and a SingleThreadedExecutor spun in a thread, so tests do
+not share ROS state; every wait has a deadline so a broken node fails a test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from tl_perception.images import image_fields, rgb_to_compressed
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_SCRIPT = Path(sys.executable).parent / "classifier_node"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    """Poll `predicate` until truthy; return its value, or raise AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {predicate}")
+
+
+def raw_image(rgb: np.ndarray, encoding: str, sec: int, frame_id: str = "camera") -> Image:
+    """A sensor_msgs/Image holding `rgb` in `encoding` (data as array('B'): fast to assign)."""
+    fields = image_fields(rgb, encoding)
+    msg = Image(**{k: v for k, v in fields.items() if k != "data"})
+    msg.data = array.array("B", fields["data"])
+    msg.header.stamp.sec = sec
+    msg.header.stamp.nanosec = 1234
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def compressed_image(rgb: np.ndarray, fmt: str, sec: int, frame_id: str = "camera") -> Any:
+    """A sensor_msgs/CompressedImage holding `rgb` as JPEG or PNG."""
+    msg = CompressedImage(format=fmt)
+    msg.data = array.array("B", rgb_to_compressed(rgb, fmt))
+    msg.header.stamp.sec = sec
+    msg.header.stamp.nanosec = 1234
+    msg.header.frame_id = frame_id
+    return msg
+
+
+class Probe:
+    """The test side of the graph: image publishers and collectors of the node's outputs."""
+
+    def __init__(
+        self,
+        namespace: str = "",
+        reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE,
+        image_topic: str = "image",
+    ) -> None:
+        """`namespace`: the node's namespace (its topics); `image_topic` is relative to it."""
+        node_namespace = namespace
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = Node("probe", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=10, reliability=reliability)
+        topic = image_topic if image_topic.startswith("/") else f"{namespace}/{image_topic}"
+        self.image_pub = self.node.create_publisher(Image, topic, qos)
+        self.compressed_pub = self.node.create_publisher(
+            CompressedImage, f"{topic}/compressed", qos
+        )
+        self._lock = threading.Lock()
+        self.results: list[dict[str, Any]] = []
+        self.diagnostics: list[dict[str, str]] = []
+        self.overlays: list[Image] = []
+        ns = self._ns = node_namespace.rstrip("/")
+        self.node.create_subscription(
+            String, f"{ns}/classification", self._on_result, QoSProfile(depth=500)
+        )
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50)
+        )
+        self.node.create_subscription(
+            Image, f"{ns}/classification/overlay", self._on_overlay, QoSProfile(depth=10)
+        )
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down under us
+                return
+
+    def _on_result(self, msg: String) -> None:
+        with self._lock:
+            self.results.append(json.loads(msg.data))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        with self._lock:
+            for status in msg.status:
+                if status.name.startswith(f"{self._ns}/classifier:"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    values["_level"] = str(int.from_bytes(status.level, "little"))
+                    self.diagnostics.append(values)
+
+    def _on_overlay(self, msg: Image) -> None:
+        with self._lock:
+            self.overlays.append(msg)
+
+    def wait_for_subscriber(self, pub: Any, timeout: float = 15.0) -> None:
+        wait_until(lambda: pub.get_subscription_count() > 0, timeout)
+
+    def result_for(self, sec: int) -> dict[str, Any] | None:
+        with self._lock:
+            return next((r for r in self.results if r["header"]["stamp"]["sec"] == sec), None)
+
+    def publish_until_result(
+        self, make: Callable[[int], Any], pub: Any, sec: int, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """Publish a frame stamped `sec` every 0.2 s until its classification comes back."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pub.publish(make(sec))
+            try:
+                return wait_until(lambda: self.result_for(sec), 0.2)
+            except AssertionError:
+                continue
+        raise AssertionError(f"no classification for the frame stamped {sec} within {timeout} s")
+
+    def latest_diagnostics(self) -> dict[str, str] | None:
+        with self._lock:
+            return self.diagnostics[-1] if self.diagnostics else None
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
+
+
+@contextmanager
+def probe(**kwargs: Any) -> Iterator[Probe]:
+    p = Probe(**kwargs)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@contextmanager
+def node_in_process(overrides: dict[str, Any], **node_kwargs: Any) -> Iterator[Any]:
+    """A ClassifierNode in this process on its own Context and executor thread."""
+    from rclpy.parameter import Parameter
+
+    from tl_perception.ros.classifier_node import ClassifierNode
+
+    context = Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    node = None
+    try:
+        node = ClassifierNode(
+            context=context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+            **node_kwargs,
+        )
+        executor.add_node(node)
+        thread = threading.Thread(target=_spin, args=(executor, context), daemon=True)
+        thread.start()
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _spin(executor: SingleThreadedExecutor, context: Context) -> None:
+    while context.ok():
+        try:
+            executor.spin_once(timeout_sec=0.05)
+        except Exception:
+            return
+
+
+def start_node_process(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`classifier_node --ros-args ...` as `ros2 run` starts it (stderr captured)."""
+    return subprocess.Popen(
+        [str(NODE_SCRIPT), "--ros-args", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> str:
+    """SIGINT (as Ctrl-C), then kill after `timeout`; return the output."""
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            return out
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out, _ = proc.communicate(timeout=timeout)
+    return out

@@ -1,0 +1,107 @@
+"""`--strategy auto` picks the right case from measurements, and records why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from finetune_helpers import make_color_dataset, make_noise_dataset
+
+from tl_perception.train.auto import decide, linear_probe
+from tl_perception.train.config import FinetuneConfig
+from tl_perception.train.finetune import decide_strategy
+
+
+def probe(accuracy: float, chance: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "chance": chance, "skill": (accuracy - chance) / (1 - chance)}
+
+
+CFG = FinetuneConfig()
+
+
+@pytest.mark.parametrize(
+    ("per_class", "final", "cut", "expected"),
+    [
+        (300, probe(0.96, 0.5), probe(1.0, 0.5), "feature_extraction"),  # vehicles, measured
+        (100, probe(0.38, 0.023), probe(0.54, 0.023), "fine_tune"),  # GTSRB-100, measured
+        (100, probe(0.40, 0.1), probe(0.90, 0.1), "truncate"),  # mid-level features separate
+        (5000, probe(0.60, 0.1), probe(0.50, 0.1), "fine_tune"),  # large & similar
+        (5000, probe(0.12, 0.1), probe(0.11, 0.1), "from_scratch"),  # large & different
+        (5000, probe(0.99, 0.1), probe(0.90, 0.1), "feature_extraction"),  # already solved
+    ],
+)
+def test_decision_rule_covers_the_four_cases(
+    per_class: int, final: dict, cut: dict, expected: str
+) -> None:
+    decision = decide(per_class, final, cut, "mid", CFG)
+    assert decision["strategy"] == expected
+    assert decision["reason"].startswith(expected)
+    assert decision["probe_final"] == final and decision["images_per_class"] == per_class
+
+
+def test_linear_probe_separates_separable_features_and_not_noise() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 40)
+    centers = rng.normal(size=(4, 16)) * 4
+    separable = centers[labels] + rng.normal(size=(160, 16))
+    noise = rng.normal(size=(160, 16))
+    good = linear_probe(separable, labels)
+    bad = linear_probe(noise, labels)
+    assert good["accuracy"] > 0.95 and good["skill"] > 0.9
+    assert bad["skill"] < 0.3
+    assert good["chance"] == pytest.approx(0.25)
+
+
+def _cfg(tmp_path: Path, **overrides) -> FinetuneConfig:
+    values = dict(input_size=32, cache_dir=str(tmp_path / "cache"), seed=0)
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("auto")
+    return {
+        "colors": make_color_dataset(root / "colors", per_class=16),
+        "noise": make_noise_dataset(root / "noise", per_class=16),
+    }
+
+
+def test_auto_on_separable_small_data_picks_feature_extraction(
+    datasets: dict[str, Path], tmp_path: Path, shared_dir: Path
+) -> None:
+    weights = str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5")
+    decision = decide_strategy(datasets["colors"], _cfg(tmp_path, weights=weights), log=print)
+    assert decision["strategy"] == "feature_extraction"
+    assert decision["probe_final"]["accuracy"] >= 0.9
+
+
+def test_auto_on_inseparable_data_picks_by_size(
+    datasets: dict[str, Path], tmp_path: Path, shared_dir: Path
+) -> None:
+    weights = str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5")
+    small = decide_strategy(datasets["noise"], _cfg(tmp_path, weights=weights), log=print)
+    assert small["probe_final"]["skill"] < 0.2
+    assert small["strategy"] == "fine_tune"
+    large = decide_strategy(
+        datasets["noise"], _cfg(tmp_path, weights=weights, size_threshold=10), log=print
+    )
+    assert large["strategy"] == "from_scratch"
+    assert "images/class >= 10" in large["reason"]
+
+
+def test_auto_decision_is_recorded_in_the_bundle(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    from tl_perception.bundle import read_bundle
+    from tl_perception.train.finetune import finetune
+
+    cfg = _cfg(
+        tmp_path, weights="none", epochs=1, export_tflite=False, evaluate=False, solved_threshold=0
+    )
+    result = finetune(datasets["colors"], tmp_path / "b", cfg, log=print, verbose=0)
+    meta = read_bundle(result.bundle_path).meta
+    assert result.strategy == meta["strategy"] == meta["auto"]["strategy"] == "feature_extraction"
+    assert "already separate" in meta["auto"]["reason"]
+    assert set(meta["auto"]["probe_cut"]) >= {"accuracy", "chance", "skill"}

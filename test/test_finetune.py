@@ -1,0 +1,296 @@
+"""`finetune` end to end on small generated image folders (tiny inputs, 1-2 epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from finetune_helpers import make_color_dataset, write_png
+
+from tl_perception.bundle import read_bundle
+from tl_perception.errors import DatasetError, TrainingError
+from tl_perception.train.config import FinetuneConfig, load_config
+from tl_perception.train.finetune import finetune
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path: Path, **overrides) -> FinetuneConfig:
+    """A fast config: random MobileNetV2 a0.35 at 32 px, no TFLite export."""
+    values = {
+        "input_size": 32,
+        "weights": "none",
+        "strategy": "feature_extraction",
+        "epochs": 2,
+        "cache_dir": str(tmp_path / "cache"),
+        "cache_augmentations": 1,
+        "export_tflite": False,
+        "evaluate": False,
+    }
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def color_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_color_dataset(tmp_path_factory.mktemp("data") / "colors")
+    (root / "red" / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+def test_feature_extraction_bundle_round_trips_through_the_classifier(
+    color_dataset: Path, tmp_path: Path
+) -> None:
+    from tl_perception.backbones import weights_fingerprint
+    from tl_perception.inference import Classifier
+    from tl_perception.train.data import load_training_data
+
+    logs: list[str] = []
+    result = finetune(
+        color_dataset, tmp_path / "bundle", tiny(tmp_path), log=logs.append, verbose=0
+    )
+    bundle = read_bundle(result.bundle_path)
+    assert bundle.class_names == ("blue", "green", "red")
+    assert bundle.input_size == (32, 32)
+    assert bundle.meta["strategy"] == "feature_extraction"
+    assert bundle.meta["decision"] == {"strategy": "feature_extraction", "reason": "set by user"}
+    assert [p["trainable_weights"] for p in result.phases] == [2]
+    # the broken file is skipped and listed, in the log and in bundle.json
+    assert any("broken.png" in line for line in logs)
+    assert [Path(s["path"]).name for s in bundle.meta["dataset"]["skipped"]] == ["broken.png"]
+    # the frozen base left training untouched
+    model = bundle.load_keras_model()
+    base = next(layer for layer in model.layers if hasattr(layer, "layers"))
+    assert weights_fingerprint(base) == bundle.meta["base_weights_sha256"]
+    # the Classifier gives the training model's val accuracy on the same val images
+    data = load_training_data(color_dataset, 32, 0.2, 0, log=lambda _: None)
+    probs = Classifier(result.bundle_path, backend="keras").predict_proba(list(data.val.images))
+    accuracy = float(np.mean(probs.argmax(axis=1) == data.val.labels))
+    assert accuracy == pytest.approx(result.val_accuracy)
+    report = bundle.report_dir
+    assert json.loads((report / "history.json").read_text())["val_accuracy"]
+    assert "strategy: feature_extraction" in (report / "config.yaml").read_text()
+    assert any((report / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_litert_export_agrees_with_keras(color_dataset: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tl_perception.train.export", reason="export module not present")
+    from tl_perception.inference import Classifier
+
+    result = finetune(
+        color_dataset, tmp_path / "b", tiny(tmp_path, export_tflite=True), log=print, verbose=0
+    )
+    bundle = read_bundle(result.bundle_path)
+    assert bundle.tflite_path.is_file()
+    images = [np.asarray(p, dtype=np.uint8) for p in np.random.default_rng(1).integers(
+        0, 256, (6, 40, 40, 3))]  # fmt: skip
+    keras_probs = Classifier(bundle.path, backend="keras").predict_proba(images)
+    lite_probs = Classifier(bundle.path, backend="litert").predict_proba(images)
+    np.testing.assert_allclose(keras_probs, lite_probs, atol=1e-4)
+
+
+def test_truncate_trains_a_head_on_the_cut_base(color_dataset: Path, tmp_path: Path) -> None:
+    result = finetune(
+        color_dataset, tmp_path / "b", tiny(tmp_path, strategy="truncate"), log=print, verbose=0
+    )
+    meta = read_bundle(result.bundle_path).meta
+    assert meta["cut_layer"] == meta["feature_layer"] == "block_9_expand_relu"
+    assert [p["trainable_weights"] for p in result.phases] == [2]
+
+
+@pytest.mark.slow
+def test_fine_tune_trains_head_then_all_layers_keeping_batchnorm_statistics(
+    color_dataset: Path, tmp_path: Path
+) -> None:
+    from tl_perception.backbones import weights_fingerprint
+
+    cfg = tiny(tmp_path, strategy="fine_tune", epochs=1, head_epochs=1, augment="none")
+    result = finetune(color_dataset, tmp_path / "b", cfg, log=print, verbose=0)
+    names = [p["name"] for p in result.phases]
+    assert names == ["head", "all"]
+    head, full = result.phases
+    assert head["trainable_weights"] == 2
+    assert full["trainable_weights"] > 50  # every conv kernel; BatchNorm stays frozen
+    assert set(result.history) >= {"head_val_accuracy", "all_val_accuracy"}
+    model = read_bundle(result.bundle_path).load_keras_model()
+    base = next(layer for layer in model.layers if hasattr(layer, "layers"))
+    assert weights_fingerprint(base) != read_bundle(result.bundle_path).meta["base_weights_sha256"]
+    for layer in base.layers:  # random init: BN in inference mode keeps mean 0, variance 1
+        if layer.__class__.__name__ == "BatchNormalization":
+            np.testing.assert_array_equal(layer.moving_mean.numpy(), 0.0)
+            np.testing.assert_array_equal(layer.moving_variance.numpy(), 1.0)
+
+
+def test_mirrored_distribution_trains_on_one_device(color_dataset: Path, tmp_path: Path) -> None:
+    result = finetune(
+        color_dataset, tmp_path / "b", tiny(tmp_path, distribute="mirrored"), log=print, verbose=0
+    )
+    assert read_bundle(result.bundle_path).meta["config"]["distribute"] == "mirrored"
+
+
+@pytest.mark.slow
+def test_resume_continues_an_interrupted_run(color_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    state = tmp_path / "bundle.partial" / "state.json"
+    options = dict(epochs=400, patience=400, cache_dir=str(tmp_path / "cache"))
+    code = (
+        "from tl_perception.train.finetune import finetune\n"
+        "from test_finetune import tiny\n"
+        "from pathlib import Path\n"
+        f"finetune({str(color_dataset)!r}, {str(out)!r}, "
+        f"tiny(Path({str(tmp_path)!r}), **{options!r}), verbose=0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'test'}:{REPO}"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.is_file():
+                phases = json.loads(state.read_text()).get("phases", {})
+                done = phases.get("head", {}).get("epochs_done", 0)
+                if done >= 2:
+                    break
+            time.sleep(0.05)
+        assert done >= 2, "the run never checkpointed an epoch"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()
+    interrupted = json.loads(state.read_text())["phases"]["head"]
+    first_epochs = interrupted["history"]["loss"]
+    logs: list[str] = []
+    resumed = tiny(tmp_path, epochs=len(first_epochs) + 2, patience=400, resume=True)
+    result = finetune(color_dataset, out, resumed, log=logs.append, verbose=0)
+    assert any(f"resuming at epoch {len(first_epochs) + 1}" in line for line in logs)
+    assert result.history["loss"][: len(first_epochs)] == first_epochs
+    assert len(result.history["loss"]) == len(first_epochs) + 2
+    assert not (tmp_path / "bundle.partial").exists()
+
+
+def test_resume_with_other_options_is_refused(color_dataset: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "b.partial"
+    partial.mkdir()
+    (partial / "state.json").write_text(json.dumps({"config": {"backbone": "vgg16"}}))
+    with pytest.raises(TrainingError, match="differ from the interrupted run"):
+        finetune(color_dataset, tmp_path / "b", tiny(tmp_path, resume=True), log=print)
+
+
+def test_empty_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images"):
+        finetune(tmp_path / "data", tmp_path / "b", tiny(tmp_path), log=print)
+    assert not (tmp_path / "b").exists()
+
+
+def test_class_with_one_image_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_color_dataset(tmp_path / "data", per_class=3)
+    for extra in sorted((root / "blue").iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(DatasetError, match=r"\['blue'\] have fewer than 2"):
+        finetune(root, tmp_path / "b", tiny(tmp_path), log=print)
+
+
+def test_only_corrupt_files_is_a_clear_error(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "x.png").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match="no readable training images"):
+        finetune(tmp_path / "data", tmp_path / "b", tiny(tmp_path), log=print)
+
+
+def test_unknown_backbone_is_a_clear_error(color_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="unknown backbone 'resnet9000'; choose one of"):
+        finetune(color_dataset, tmp_path / "b", tiny(tmp_path, backbone="resnet9000"))
+
+
+def test_validation_split_keeps_sequences_together(tmp_path: Path) -> None:
+    from tl_perception.train.data import load_training_data
+
+    root = tmp_path / "data"
+    rows = ["path,split,label,class_dir,sequence"]
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for seq in range(5):
+            for i in range(4):
+                rel = f"train/{cls}/{seq}_{i}.png"
+                write_png(root / rel, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+                rows.append(f"{rel},train,{cls},{cls},{cls}{seq}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    data = load_training_data(root, 8, 0.2, seed=3, log=print)
+    train_seqs = {s.sequence for s in data.train.samples}
+    val_seqs = {s.sequence for s in data.val.samples}
+    assert val_seqs and not train_seqs & val_seqs
+    assert {s.class_name for s in data.val.samples} == {"a", "b"}
+
+
+def test_config_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("backbone: mobilenet\ninput-size: 64\nepochs: 3\n")
+    cfg = load_config(path, epochs=5, seed=None)
+    assert (cfg.backbone, cfg.input_size, cfg.epochs, cfg.seed) == ("mobilenet", 64, 5, 0)
+    path.write_text("learning_rat: 0.1\n")
+    with pytest.raises(TrainingError, match=r"unknown option\(s\) \['learning_rat'\]"):
+        load_config(path)
+
+
+def test_cli_finetune_writes_a_bundle(color_dataset: Path, tmp_path: Path) -> None:
+    from tl_perception.cli import main
+
+    code = main(
+        [
+            "finetune", str(color_dataset), "--out", str(tmp_path / "b"), "--weights", "none",
+            "--input-size", "32", "--strategy", "feature_extraction", "--epochs", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--no-export",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert read_bundle(tmp_path / "b").meta["config"]["epochs"] == 1
+
+
+def test_cli_reports_bad_input_size_in_one_line(
+    color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tl_perception.cli import main
+
+    code = main(
+        [
+            "finetune", str(color_dataset), "--out", str(tmp_path / "b"),
+            "--backbone", "inception_v3", "--input-size", "64", "--weights", "none",
+        ]
+    )  # fmt: skip
+    assert code == 2
+    assert "valid for inception_v3: use 75 to 1024" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_vehicles_feature_extraction_reaches_093_on_test(shared_dir: Path, tmp_path: Path) -> None:
+    """Real data: MobileNetV2 a0.35 with the shared ImageNet weights, frozen base."""
+    from tl_perception.dataset import read_dataset
+    from tl_perception.inference import Classifier
+    from tl_perception.images import read_image_file
+
+    cfg = FinetuneConfig(
+        input_size=96,
+        weights=str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5"),
+        strategy="feature_extraction",
+        cache_dir=str(tmp_path / "cache"),
+        export_tflite=False,
+        evaluate=False,
+    )
+    result = finetune(shared_dir / "data" / "vehicles" / "train", tmp_path / "b", cfg, verbose=0)
+    test = read_dataset(shared_dir / "data" / "vehicles" / "test").samples
+    classifier = Classifier(result.bundle_path, backend="keras")
+    probs = classifier.predict_proba([read_image_file(s.path) for s in test])
+    labels = np.array([classifier.class_names.index(s.class_name) for s in test])
+    accuracy = float(np.mean(probs.argmax(axis=1) == labels))
+    assert accuracy >= 0.93, accuracy

@@ -1,0 +1,126 @@
+"""The classifier node's ROS-free logic and message builders, without a running graph."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers import color_image
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from tl_perception.ros import qos as qos_rules
+from tl_perception.ros.messages import NodeConfigError, resolve_output_format
+from tl_perception.ros.overlay import draw_overlay
+from tl_perception.ros.params import PARAMETERS, descriptor
+from tl_perception.ros.results import classification_json, select_hypotheses
+from tl_perception.ros.stats import FrameStats, LatestFrameSlot, percentile
+
+
+def test_select_hypotheses_keeps_best_first_top_k_above_threshold() -> None:
+    ranked = [("green", 0.2), ("red", 0.7), ("blue", 0.1)]
+    assert select_hypotheses(ranked, 2, 0.0) == [("red", 0.7), ("green", 0.2)]
+    assert select_hypotheses(ranked, 5, 0.15) == [("red", 0.7), ("green", 0.2)]
+    assert select_hypotheses(ranked, 5, 0.9) == []
+
+
+def test_classification_json_mirrors_vision_msgs_field_names() -> None:
+    body = json.loads(classification_json(12, 34, "cam", [("stop", 0.97)]))
+    assert body == {
+        "header": {"stamp": {"sec": 12, "nanosec": 34}, "frame_id": "cam"},
+        "results": [{"class_id": "stop", "score": 0.97}],
+    }
+
+
+def test_percentile_interpolates_and_is_nan_without_samples() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+    assert math.isnan(percentile([], 50))
+
+
+def test_latest_frame_slot_keeps_newest_and_reports_replacements() -> None:
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True
+    assert slot.take(timeout=0.01) == 2
+    assert slot.take(timeout=0.01) is None
+
+
+def test_frame_stats_rates_and_percentiles_over_a_period() -> None:
+    now = [100.0]
+    stats = FrameStats(monotonic=lambda: now[0])
+    for dropped in (False, True, False, False):
+        stats.count_received(dropped_one=dropped)
+    for ms in (1.0, 2.0, 3.0):
+        stats.count_processed(inference_ms=ms, latency_ms=ms * 10)
+    stats.count_bad()
+    now[0] = 102.0
+    snap = stats.snapshot()
+    assert (snap.received, snap.dropped, snap.processed, snap.bad) == (4, 1, 3, 1)
+    assert snap.input_rate_hz == pytest.approx(2.0)
+    assert snap.processed_rate_hz == pytest.approx(1.5)
+    assert snap.inference_ms_p50 == 2.0
+    assert snap.latency_ms_p50 == 20.0
+    now[0] = 103.0
+    assert stats.snapshot().bad_in_period == 0
+
+
+def _offer(reliability: ReliabilityPolicy, durability: DurabilityPolicy) -> QoSProfile:
+    return QoSProfile(depth=1, reliability=reliability, durability=durability)
+
+
+def test_auto_qos_is_reliable_only_when_every_publisher_is() -> None:
+    reliable = _offer(ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE)
+    best_effort = _offer(ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE)
+    assert qos_rules.match_publishers([reliable]).reliability == ReliabilityPolicy.RELIABLE
+    mixed = qos_rules.match_publishers([reliable, best_effort])
+    assert mixed.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert qos_rules.match_publishers([]) is None
+
+
+def test_auto_qos_is_transient_local_only_when_every_publisher_is() -> None:
+    latched = _offer(ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
+    volatile = _offer(ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE)
+    assert qos_rules.match_publishers([latched]).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert qos_rules.match_publishers([latched, volatile]).durability == DurabilityPolicy.VOLATILE
+
+
+def test_qos_presets_and_unknown_mode() -> None:
+    assert qos_rules.preset_profile("auto").reliability == ReliabilityPolicy.BEST_EFFORT
+    assert qos_rules.preset_profile("reliable").reliability == ReliabilityPolicy.RELIABLE
+    assert qos_rules.describe(qos_rules.preset_profile("reliable")).startswith("reliable")
+    with pytest.raises(ValueError, match="unknown qos mode 'fast'"):
+        qos_rules.preset_profile("fast")
+
+
+def test_output_format_auto_falls_back_to_json_and_explicit_vision_msgs_names_the_package() -> None:
+    try:
+        import vision_msgs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vision_msgs is installed here; the fallback cannot be observed")
+    assert resolve_output_format("auto") == "json"
+    assert resolve_output_format("json") == "json"
+    with pytest.raises(NodeConfigError, match="vision_msgs package"):
+        resolve_output_format("vision_msgs")
+    with pytest.raises(NodeConfigError, match="'xml' is not one of"):
+        resolve_output_format("xml")
+
+
+def test_overlay_draws_the_label_on_a_copy() -> None:
+    rgb = color_image("red", (120, 160))
+    out = draw_overlay(rgb, [("red", 0.97)])
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, rgb)
+    assert np.array_equal(rgb, color_image("red", (120, 160)))
+
+
+def test_parameter_descriptors_carry_ranges_and_read_only_flags() -> None:
+    top_k = descriptor("top_k", PARAMETERS["top_k"])
+    assert (top_k.integer_range[0].from_value, top_k.read_only) == (1, False)
+    threshold = descriptor("score_threshold", PARAMETERS["score_threshold"])
+    assert threshold.floating_point_range[0].to_value == 1.0
+    assert descriptor("backend", PARAMETERS["backend"]).read_only is True
+    assert "litert" in descriptor("backend", PARAMETERS["backend"]).description

@@ -1,0 +1,323 @@
+"""`tl-perception demo`: every part of tl_perception, end to end, on synthetic drives.
+
+1. synth a training drive and a held-out drive (another seed);
+2. extract the training drive (labels from /label, split by sequence);
+3. finetune with the defaults (strategy auto, MobileNetV2 alpha 0.35 at 224 px, ImageNet weights);
+4. start classifier_node as its own process, play the held-out drive to it, collect its output;
+5. write report.md and plots.
+
+Each step records its settings in `demo.json` when it finishes; a second run reuses every step
+whose settings are unchanged and whose output is still there. ROS traffic stays in the
+`/tl_perception_demo` namespace on localhost, so a robot on the same network is not disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tl_perception.errors import TlPerceptionError
+from tl_perception.fsutil import atomic_write_json
+
+STATE_FILE = "demo.json"
+LIVE_FILE = "live.json"
+NAMESPACE = "/tl_perception_demo"
+KIND = "signs"
+SIZE = (160, 120)
+RATE_HZ = 10.0
+TRAIN_FRAMES = 1500  # ~1150 labelled frames, ~80 training images per class
+HELDOUT_FRAMES = 400  # 40 s of driving at 10 Hz
+TRAIN_SEED, HELDOUT_SEED = 1, 2
+SPLIT = (0.7, 0.15, 0.15)
+LABEL_TOLERANCE_S = 0.5 / RATE_HZ  # a label describes one frame only; gaps stay unlabelled
+STEPS = 5
+
+Log = Callable[[str], None]
+
+
+class _State:
+    """demo.json: per step, the settings it ran with and what it produced."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / STATE_FILE
+        self.steps: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.steps = json.loads(self.path.read_text(encoding="utf-8")).get("steps", {})
+            except (OSError, ValueError, AttributeError):
+                self.steps = {}
+
+    def done(self, step: str, settings: dict[str, Any], output: Path) -> dict[str, Any] | None:
+        record = self.steps.get(step)
+        if record and record.get("settings") == settings and output.exists():
+            return record
+        return None
+
+    def finish(self, step: str, settings: dict[str, Any], **facts: Any) -> dict[str, Any]:
+        self.steps[step] = {"settings": settings, **facts}
+        atomic_write_json(self.path, {"steps": self.steps})
+        return self.steps[step]
+
+
+def run_demo(workdir: Path, *, rerun_live: bool = False, log: Log = print) -> dict[str, Any]:
+    """Run (or resume) the demo in `workdir`; returns the facts written to report.md."""
+    started = time.monotonic()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = _State(workdir)
+    bags = {"train": workdir / "bags" / "train", "heldout": workdir / "bags" / "heldout"}
+
+    _step(1, "synthetic drives", log)
+    for name, frames, seed in (
+        ("train", TRAIN_FRAMES, TRAIN_SEED),
+        ("heldout", HELDOUT_FRAMES, HELDOUT_SEED),
+    ):
+        _synth(state, f"synth_{name}", bags[name], frames, seed, log)
+
+    _step(2, "extract the training drive", log)
+    dataset = workdir / "dataset"
+    extracted = _extract(state, bags["train"], dataset, log)
+
+    _step(3, "finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, ImageNet weights)", log)
+    bundle = workdir / "model"
+    training = _finetune(state, dataset, bundle, workdir / "feature_cache", log)
+
+    _step(4, "classifier_node on the held-out drive", log)
+    live_path = workdir / LIVE_FILE
+    live_settings = {"finetune": training["settings"], "heldout": state.steps["synth_heldout"]}
+    if live_path.is_file() and not rerun_live and state.done("live", live_settings, live_path):
+        log("  reusing the recorded live run (--rerun-live plays it again)")
+        live = json.loads(live_path.read_text(encoding="utf-8"))
+    else:
+        live = _live(bags["heldout"], bundle, workdir, log)
+        atomic_write_json(live_path, live)
+        state.finish("live", live_settings)
+
+    _step(5, "report", log)
+    facts = _facts(workdir, bags, dataset, extracted, training, live, started)
+    from tl_perception.demo.report import write_report
+
+    report = write_report(workdir, facts)
+    lv = facts["live"]
+    log(f"  strategy auto chose: {training['strategy']} ({training['reason']})")
+    log(f"  validation accuracy {training['val_accuracy']:.3f}")
+    log(
+        f"  live accuracy {lv['accuracy']:.3f} on {lv['labelled']} frames; "
+        f"{facts['processed_fps']:.1f} fps; dropped {facts['diagnostics'].get('dropped_frames')}; "
+        f"latency p50/p95 {lv['latency_ms_p50'] or 0:.1f}/{lv['latency_ms_p95'] or 0:.1f} ms"
+    )
+    log(f"wrote {report} in {facts['wall_seconds']:.0f} s")
+    return facts
+
+
+def _step(number: int, text: str, log: Log) -> None:
+    log(f"[{number}/{STEPS}] {text}")
+
+
+def _synth(state: _State, step: str, bag: Path, frames: int, seed: int, log: Log) -> None:
+    from tl_perception.synth.writer import write_synthetic_bag
+
+    settings = {"kind": KIND, "frames": frames, "seed": seed, "size": list(SIZE), "rate": RATE_HZ}
+    if state.done(step, settings, bag / "metadata.yaml"):
+        log(f"  {bag}: done before, reused")
+        return
+    tick = time.monotonic()
+    summary = write_synthetic_bag(
+        bag, kind=KIND, frames=frames, seed=seed, size=SIZE, rate=RATE_HZ, overwrite=True
+    )
+    state.finish(step, settings)
+    log(
+        f"  wrote {bag}: {frames} frames, {summary.labelled_frames} labelled "
+        f"({time.monotonic() - tick:.1f} s)"
+    )
+
+
+def _extract(state: _State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]:
+    from tl_perception.bag.extract import ExtractOptions, extract
+    from tl_perception.bag.plan import LabelSpec
+    from tl_perception.synth.writer import IMAGE_TOPIC, LABEL_TOPIC
+
+    settings = {"bag": state.steps.get("synth_train", {}).get("settings"), "split": list(SPLIT)}
+    record = state.done("extract", settings, dataset / "dataset.json")
+    if record:
+        log(f"  {dataset}: done before, reused")
+        return record
+    if dataset.exists():
+        shutil.rmtree(dataset)  # made from another drive: start clean
+    tick = time.monotonic()
+    report = extract(
+        ExtractOptions(
+            bags=(bag,),
+            topic=IMAGE_TOPIC,
+            out=dataset,
+            labels=LabelSpec("topic", topic=LABEL_TOPIC, tolerance_s=LABEL_TOLERANCE_S),
+            split=SPLIT,
+            workers=os.cpu_count() or 1,
+        )
+    )
+    counts = {split: 0 for split in ("train", "val", "test")}
+    for (_cls, split), n in report.kept.items():
+        counts[split] = counts.get(split, 0) + n
+    log(f"  wrote {report.written} images to {dataset} {counts} ({time.monotonic() - tick:.1f} s)")
+    return state.finish("extract", settings, counts=counts)
+
+
+def _finetune(state: _State, dataset: Path, bundle: Path, cache: Path, log: Log) -> dict[str, Any]:
+    from tl_perception.bundle import read_bundle
+    from tl_perception.train.config import FinetuneConfig
+
+    config = FinetuneConfig(strategy="auto", weights="imagenet", seed=0, cache_dir=str(cache))
+    settings = {"dataset": state.steps["extract"]["settings"], "config": config.to_dict()}
+    record = state.done("finetune", settings, bundle / "bundle.json")
+    if record:
+        read_bundle(bundle)
+        log(f"  {bundle}: done before, reused (strategy {record['strategy']})")
+        return record
+    from tl_perception.train.finetune import finetune
+
+    result = finetune(dataset, bundle, config, log=lambda line: log(f"  {line}"))
+    meta = read_bundle(bundle).meta
+    test_accuracy = None
+    if state.steps["extract"]["counts"].get("test"):
+        from tl_perception.train.evaluate import evaluate
+
+        test_accuracy = evaluate(bundle, dataset, split="test")["accuracy"]
+    return state.finish(
+        "finetune",
+        settings,
+        strategy=result.strategy,
+        reason=result.decision.get("reason", ""),
+        val_accuracy=result.val_accuracy,
+        train_seconds=result.train_seconds,
+        trainable_params=result.trainable_params,
+        backbone=meta["backbone"],
+        alpha=meta.get("alpha"),
+        input_size=meta["input_size"][0],
+        weights=meta.get("weights", config.weights),
+        test_accuracy=test_accuracy,
+    )
+
+
+def node_command(bundle: Path, image_topic: str) -> list[str]:
+    """classifier_node as `ros2 run` would start it (the console script beside this Python)."""
+    script = Path(sys.executable).with_name("classifier_node")
+    if script.is_file():
+        base = [str(script)]
+    else:
+        base = [sys.executable, "-m", "tl_perception.ros.classifier_node"]
+    return [
+        *base,
+        "--ros-args",
+        "-r",
+        f"__ns:={NAMESPACE}",
+        "-r",
+        f"image:={image_topic}",
+        "-p",
+        f"model_path:={bundle}",
+        "-p",
+        "qos:=reliable",
+    ]
+
+
+def _live(bag: Path, bundle: Path, workdir: Path, log: Log) -> dict[str, Any]:
+    from tl_perception.synth.writer import IMAGE_TOPIC
+
+    # Keep the demo's ROS traffic on this machine unless the user chose otherwise.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    from tl_perception.ros.collect import run_live
+
+    image_topic = f"{NAMESPACE}{IMAGE_TOPIC}"
+    log_path = workdir / "logs" / "classifier_node.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = node_command(bundle, image_topic)
+    log(f"  starting {' '.join(command)} (log: {log_path})")
+    with log_path.open("wb") as node_log:
+        node = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT)
+        try:
+            result = run_live(
+                bag,
+                bag_topic=IMAGE_TOPIC,
+                image_topic=image_topic,
+                classification_topic=f"{NAMESPACE}/classification",
+                node_alive=lambda: node.poll() is None,
+                log=lambda line: log(f"  {line}"),
+            )
+        except TlPerceptionError as err:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip()
+            last = tail.splitlines()[-1] if tail else "(empty log)"
+            raise TlPerceptionError(f"{err} (last line: {last})") from err
+        finally:
+            _stop(node)
+    log(
+        f"  {len(result.records)} classifications for {result.published} images "
+        f"in {result.seconds:.1f} s"
+    )
+    return {
+        "records": [asdict(r) for r in result.records],
+        "published": result.published,
+        "images_seen": result.images_seen,
+        "seconds": result.seconds,
+        "diagnostics": result.diagnostics,
+    }
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C first (the node shuts down cleanly), then terminate, then kill."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0)):
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    process.wait()
+
+
+def _facts(
+    workdir: Path,
+    bags: dict[str, Path],
+    dataset: Path,
+    extracted: dict[str, Any],
+    training: dict[str, Any],
+    live: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    from tl_perception.bundle import read_bundle
+    from tl_perception.demo.report import read_labels, score_live
+    from tl_perception.synth.writer import LABEL_TOPIC
+
+    bundle = workdir / "model"
+    scored = score_live(
+        live["records"], read_labels(bags["heldout"], LABEL_TOPIC), round(LABEL_TOLERANCE_S * 1e9)
+    )
+    seconds = live["seconds"] or 1.0
+    return {
+        "classes": list(read_bundle(bundle).class_names),
+        "dataset": str(dataset),
+        "train_images": extracted["counts"].get("train", 0),
+        "val_images": extracted["counts"].get("val", 0),
+        "test_images": extracted["counts"].get("test", 0),
+        "training": training,
+        "test_accuracy": training.get("test_accuracy"),
+        "heldout_bag": str(bags["heldout"]),
+        "rate": RATE_HZ,
+        "published": live["published"],
+        "input_fps": live["images_seen"] / seconds,
+        "processed_fps": len(live["records"]) / seconds,
+        "diagnostics": live["diagnostics"],
+        "live": scored,
+        "wall_seconds": time.monotonic() - started,
+    }

@@ -1,0 +1,121 @@
+"""`FinetuneConfig`: every option of `tl-perception finetune`, with defaults that work untuned.
+
+The same fields come from the CLI, from a YAML `--config FILE`, or from Python; the effective
+config is saved in the bundle (`bundle.json` "config" and `report/config.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tl_perception.errors import TrainingError
+
+STRATEGIES: tuple[str, ...] = ("feature_extraction", "truncate", "fine_tune", "from_scratch")
+AUGMENTS: tuple[str, ...] = ("default", "none", "strong")
+DISTRIBUTES: tuple[str, ...] = ("none", "mirrored", "multiworker")
+CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "none")
+
+
+@dataclass
+class FinetuneConfig:
+    """Training options. `None` means "the backbone's or strategy's evidence-based default"."""
+
+    backbone: str = "mobilenet_v2"
+    alpha: float | None = None
+    input_size: int | None = None
+    weights: str = "imagenet"
+    strategy: str = "auto"
+    cut_layer: str | None = None
+    unfreeze: int | None = None  # fine_tune: train only the top N base layers (None = all)
+    epochs: int | None = None  # None: 40 for a head on cached features, 15 fine-tune, 40 scratch
+    head_epochs: int | None = None  # fine_tune's frozen head phase (None = 10)
+    batch_size: int = 32
+    learning_rate: float | None = None  # None: 3e-3 head, 2e-3 fine-tune, 2e-3 scratch
+    augment: str = "default"
+    class_weight: str = "balanced"
+    val_fraction: float = 0.2
+    seed: int = 0
+    resume: bool = False
+    distribute: str = "none"
+    cache_augmentations: int = 2  # augmented views per image in the feature cache
+    cache_dir: str | None = None
+    patience: int = 6  # early stopping, epochs without val accuracy gain
+    # auto: see docs/training.md for the evidence behind each threshold
+    size_threshold: int = 1000  # train images per class at or above which data is "large"
+    similar_threshold: float = 0.8  # probe skill above chance at which features "separate"
+    transfer_threshold: float = 0.2  # probe skill below which pretrained features do not help
+    solved_threshold: float = 0.97  # probe accuracy at which even large data needs no fine-tune
+    probe_max_per_class: int = 100
+    evaluate: bool = True  # write the val-split evaluation report into the bundle's report/
+    export_tflite: bool = True  # add model.tflite (float) with its Keras agreement
+
+    def validate(self) -> FinetuneConfig:
+        """Raise TrainingError for values that cannot work; return self."""
+        _choice("strategy", self.strategy, ("auto", *STRATEGIES))
+        _choice("augment", self.augment, AUGMENTS)
+        _choice("distribute", self.distribute, DISTRIBUTES)
+        _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        for name in ("epochs", "head_epochs", "batch_size", "unfreeze", "input_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise TrainingError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.cache_augmentations < 0:
+            raise TrainingError(
+                f"cache_augmentations must be >= 0, got {self.cache_augmentations!r}"
+            )
+        if self.size_threshold < 1:
+            raise TrainingError(f"size_threshold must be >= 1, got {self.size_threshold!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def cache_root(self) -> Path:
+        """`cache_dir` or `${XDG_CACHE_HOME:-~/.cache}/tl_perception/features`."""
+        import os
+
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+        return Path(base) / "tl_perception" / "features"
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise TrainingError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
+
+
+def config_from_mapping(values: dict[str, Any], where: str = "config") -> FinetuneConfig:
+    """A validated config from a mapping; unknown keys are an error (typos must not pass)."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise TrainingError(f"{where}: unknown option(s) {unknown}; known: {', '.join(FIELDS)}")
+    return FinetuneConfig(**{k.replace("-", "_"): v for k, v in values.items()}).validate()
+
+
+def load_config(yaml_path: str | Path | None = None, **overrides: Any) -> FinetuneConfig:
+    """Options from a YAML file (dashes or underscores), then `overrides` that are not None."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise TrainingError(f"cannot read config {str(path)!r}: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TrainingError(f"config {str(path)!r} must be a mapping of option: value")
+        values = {str(k).replace("-", "_"): v for k, v in (loaded or {}).items()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_mapping(values, str(yaml_path or "config"))

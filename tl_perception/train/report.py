@@ -1,0 +1,156 @@
+"""Report plots: training curves, confusion matrix and a grid of the worst mistakes (PNG).
+
+matplotlib is imported lazily with the Agg backend (no display needed, `--help` stays instant).
+Each plot renders to memory and lands atomically, so an interrupted run never leaves half a PNG.
+Layouts stay readable from 2 to ~50 classes: counts are printed in cells only up to
+`MAX_ANNOTATED_CLASSES` classes, and tick labels shrink with the class count.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl_perception.errors import ImageDecodeError
+from tl_perception.fsutil import atomic_write_bytes
+from tl_perception.images import read_image_file, resize_rgb
+
+MAX_ANNOTATED_CLASSES = 15
+MAX_MISTAKE_TILES = 25
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]],
+    path: str | Path,
+    phase_starts: Sequence[int] = (),
+    title: str = "Training",
+) -> Path:
+    """Loss and accuracy per epoch (train and validation) side by side.
+
+    Args:
+        history: Keras `History.history`-style lists, e.g. `loss`, `accuracy`, `val_loss`,
+            `val_accuracy`; phases of a multi-phase run concatenated.
+        phase_starts: 0-based epoch indices where a new phase begins (drawn as dashed lines),
+            e.g. where fine-tuning unfreezes the base.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            values = list(history.get(key, ()))
+            if values:
+                epochs = np.arange(1, len(values) + 1)
+                ax.plot(epochs, values, style, marker="o", markersize=3, label=key)
+        for start in phase_starts:
+            if start > 0:
+                ax.axvline(start + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(
+    confusion: Sequence[Sequence[int]] | np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "Confusion matrix (rows: true class)",
+) -> Path:
+    """Row-normalised colours (recall per class), raw counts in cells for few classes."""
+    plt = _pyplot()
+    counts = np.asarray(confusion, dtype=np.int64)
+    n = len(class_names)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    side = min(16.0, max(4.0, 0.3 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    font = 10 if n <= MAX_ANNOTATED_CLASSES else max(5, int(11 - n / 8))
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
+    ax.set_yticklabels(class_names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= MAX_ANNOTATED_CLASSES:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    color = "white" if share[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_worst_mistakes(
+    mistakes: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    max_images: int = MAX_MISTAKE_TILES,
+    tile: int = 96,
+) -> Path:
+    """A grid of the most confident mistakes: the image, its true and predicted class and score.
+
+    `mistakes` are `evaluate`'s `worst_mistakes` (keys path, true, predicted, score), best
+    first; unreadable files are left out. With no mistakes the PNG says so.
+    """
+    plt = _pyplot()
+    tiles = []
+    for mistake in mistakes:
+        if len(tiles) >= max_images:
+            break
+        if not mistake.get("path"):
+            continue
+        try:
+            rgb = read_image_file(mistake["path"])
+        except ImageDecodeError:
+            continue
+        tiles.append((resize_rgb(rgb, (tile, tile)), mistake))
+    if not tiles:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+        return _save(fig, path)
+    cols = min(5, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (rgb, mistake) in zip(axes.flat, tiles, strict=False):
+        ax.imshow(rgb)
+        ax.set_title(
+            f"true: {_short(mistake['true'])}\npred: {_short(mistake['predicted'])} "
+            f"({mistake['score']:.2f})",
+            fontsize=7,
+        )
+    fig.suptitle("Most confident mistakes")
+    return _save(fig, path)
+
+
+def _short(name: str, limit: int = 22) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
