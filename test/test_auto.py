@@ -91,9 +91,7 @@ def test_auto_on_inseparable_data_picks_by_size(
     assert "images/class >= 10" in large["reason"]
 
 
-def test_auto_decision_is_recorded_in_the_bundle(
-    datasets: dict[str, Path], tmp_path: Path
-) -> None:
+def test_auto_decision_is_recorded_in_the_bundle(datasets: dict[str, Path], tmp_path: Path) -> None:
     from tl_perception.bundle import read_bundle
     from tl_perception.train.finetune import finetune
 

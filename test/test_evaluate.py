@@ -15,6 +15,7 @@ from helpers import color_image
 from tl_perception.cli import main
 from tl_perception.errors import DatasetError
 from tl_perception.train.evaluate import compute_metrics, evaluate, evaluate_samples
+from tl_perception.train.report import join_phases, plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -180,3 +181,22 @@ def test_cli_evaluate_bad_path_exits_2_with_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("tl-perception evaluate: error:") and "nope" in err
     assert len(err.splitlines()) == 1
+
+
+def test_training_curves_join_fine_tune_phases_and_write_a_png(tmp_path: Path) -> None:
+    history = {
+        "head_loss": [2.0, 1.0],
+        "head_accuracy": [0.3, 0.6],
+        "head_val_accuracy": [0.4, 0.5],
+        "all_loss": [0.8, 0.5, 0.4],
+        "all_accuracy": [0.7, 0.8, 0.9],
+        "all_val_accuracy": [0.6, 0.7, 0.8],
+        "all_learning_rate": [1e-3, 5e-4, 0.0],
+    }
+    joined, starts = join_phases(history)
+    assert starts == [0, 2]
+    assert joined["loss"] == [2.0, 1.0, 0.8, 0.5, 0.4]
+    assert joined["val_accuracy"] == [0.4, 0.5, 0.6, 0.7, 0.8]
+    assert "val_loss" not in joined  # absent in every phase
+    path = plot_training_curves(history, tmp_path / "curves.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)

@@ -80,6 +80,7 @@ def test_feature_extraction_bundle_round_trips_through_the_classifier(
     assert any((report / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_litert_export_agrees_with_keras(color_dataset: Path, tmp_path: Path) -> None:
     pytest.importorskip("tl_perception.train.export", reason="export module not present")
     from tl_perception.inference import Classifier
@@ -106,12 +107,14 @@ def test_truncate_trains_a_head_on_the_cut_base(color_dataset: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_fine_tune_trains_head_then_all_layers_keeping_batchnorm_statistics(
+def test_fine_tune_trains_head_then_all_layers_and_can_keep_batchnorm_frozen(
     color_dataset: Path, tmp_path: Path
 ) -> None:
     from tl_perception.backbones import weights_fingerprint
 
-    cfg = tiny(tmp_path, strategy="fine_tune", epochs=1, head_epochs=1, augment="none")
+    cfg = tiny(
+        tmp_path, strategy="fine_tune", epochs=1, head_epochs=1, augment="none", batchnorm="frozen"
+    )
     result = finetune(color_dataset, tmp_path / "b", cfg, log=print, verbose=0)
     names = [p["name"] for p in result.phases]
     assert names == ["head", "all"]
@@ -128,11 +131,31 @@ def test_fine_tune_trains_head_then_all_layers_keeping_batchnorm_statistics(
             np.testing.assert_array_equal(layer.moving_variance.numpy(), 1.0)
 
 
+@pytest.mark.slow
 def test_mirrored_distribution_trains_on_one_device(color_dataset: Path, tmp_path: Path) -> None:
     result = finetune(
         color_dataset, tmp_path / "b", tiny(tmp_path, distribute="mirrored"), log=print, verbose=0
     )
     assert read_bundle(result.bundle_path).meta["config"]["distribute"] == "mirrored"
+
+
+@pytest.mark.slow
+def test_from_scratch_trains_every_layer_including_batchnorm(
+    color_dataset: Path, tmp_path: Path
+) -> None:
+    cfg = tiny(tmp_path, strategy="from_scratch", epochs=1, augment="none")
+    result = finetune(color_dataset, tmp_path / "b", cfg, log=print, verbose=0)
+    (phase,) = result.phases
+    assert phase["name"] == "all"
+    model = read_bundle(result.bundle_path).load_keras_model()
+    preprocessing = model.get_layer("preprocess_tf")
+    assert not preprocessing.weights
+    expected = sum(len(layer.weights) for layer in model.layers if layer.name != "pool")
+    bn_stats = sum(
+        2 for layer in model.layers[2].layers if layer.__class__.__name__ == "BatchNormalization"
+    )
+    assert phase["trainable_weights"] == expected - bn_stats  # moving mean/var never train
+    assert result.history["loss"]
 
 
 @pytest.mark.slow
@@ -190,6 +213,7 @@ def test_empty_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no images"):
         finetune(tmp_path / "data", tmp_path / "b", tiny(tmp_path), log=print)
     assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b.partial").exists()
 
 
 def test_class_with_one_image_is_a_clear_error(tmp_path: Path) -> None:
@@ -276,8 +300,8 @@ def test_cli_reports_bad_input_size_in_one_line(
 def test_vehicles_feature_extraction_reaches_093_on_test(shared_dir: Path, tmp_path: Path) -> None:
     """Real data: MobileNetV2 a0.35 with the shared ImageNet weights, frozen base."""
     from tl_perception.dataset import read_dataset
-    from tl_perception.inference import Classifier
     from tl_perception.images import read_image_file
+    from tl_perception.inference import Classifier
 
     cfg = FinetuneConfig(
         input_size=96,

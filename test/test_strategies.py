@@ -53,9 +53,9 @@ def _is_bn(layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
-def test_fine_tune_all_phase_unfreezes_every_layer_but_batchnorm() -> None:
+def test_fine_tune_all_phase_with_frozen_batchnorm_unfreezes_every_other_layer() -> None:
     network = _network("fine_tune")
-    set_phase(network, "all")
+    set_phase(network, "all", freeze_batchnorm=True)
     expected = sum(
         len(layer.weights) for layer in network.base.layers if not _is_bn(layer) and layer.weights
     )
@@ -66,7 +66,7 @@ def test_fine_tune_all_phase_unfreezes_every_layer_but_batchnorm() -> None:
 
 def test_fine_tune_unfreeze_n_trains_only_the_top_layers() -> None:
     network = _network("fine_tune")
-    set_phase(network, "all", unfreeze=5)
+    set_phase(network, "all", unfreeze=5, freeze_batchnorm=True)
     top = network.base.layers[-5:]
     expected = sum(len(layer.weights) for layer in top if not _is_bn(layer)) + 2
     assert trainable_counts(network.model)["trainable_weights"] == expected
@@ -81,12 +81,11 @@ def test_unfreeze_more_layers_than_the_base_has_is_an_error() -> None:
 
 def test_from_scratch_trains_everything_with_batchnorm_in_training_mode() -> None:
     network = _network("from_scratch")
-    set_phase(network, "all", pretrained=False)
+    set_phase(network, "all")
     assert trainable_counts(network.model)["trainable_weights"] == (
         len(network.base.trainable_weights) + 2
     )
-    # A random base must learn its BatchNorm statistics: the base is called without
-    # training=False, so in training mode the moving means move.
+    # A random base must learn its BatchNorm statistics: in training mode they move.
     import numpy as np
 
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -96,11 +95,11 @@ def test_from_scratch_trains_everything_with_batchnorm_in_training_mode() -> Non
     assert not np.allclose(before, bn.moving_mean.numpy())
 
 
-def test_pretrained_base_keeps_batchnorm_in_inference_mode_when_unfrozen() -> None:
+def test_frozen_batchnorm_stays_in_inference_mode_when_the_base_is_unfrozen() -> None:
     import numpy as np
 
     network = _network("fine_tune")
-    set_phase(network, "all")
+    set_phase(network, "all", freeze_batchnorm=True)
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     bn = next(layer for layer in network.base.layers if "bn" in layer.name.lower())
     before = bn.moving_mean.numpy().copy()

@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="play the held-out drive to the node again even if a live run is recorded",
     )
+    demo.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (default; offline from $KERAS_HOME/models) or a no-top .h5 file",
+    )
     demo.set_defaults(func=run_demo_command)
 
     exp = subparsers.add_parser(
@@ -99,5 +104,5 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 def run_demo_command(args: argparse.Namespace) -> int:
     from tl_perception.demo.pipeline import run_demo
 
-    run_demo(args.workdir, rerun_live=args.rerun_live)
+    run_demo(args.workdir, rerun_live=args.rerun_live, weights=args.weights)
     return 0

@@ -34,7 +34,7 @@ NAMESPACE = "/tl_perception_demo"
 KIND = "signs"
 SIZE = (160, 120)
 RATE_HZ = 10.0
-TRAIN_FRAMES = 1500  # ~1150 labelled frames, ~80 training images per class
+TRAIN_FRAMES = 2400  # ~1900 labelled frames, ~13 drive-bys and ~130 train images per class
 HELDOUT_FRAMES = 400  # 40 s of driving at 10 Hz
 TRAIN_SEED, HELDOUT_SEED = 1, 2
 SPLIT = (0.7, 0.15, 0.15)
@@ -50,6 +50,7 @@ class _State:
     def __init__(self, workdir: Path) -> None:
         self.path = workdir / STATE_FILE
         self.steps: dict[str, Any] = {}
+        self._began: dict[str, float] = {}
         if self.path.is_file():
             try:
                 self.steps = json.loads(self.path.read_text(encoding="utf-8")).get("steps", {})
@@ -62,15 +63,22 @@ class _State:
             return record
         return None
 
+    def begin(self, step: str) -> None:
+        self._began[step] = time.monotonic()
+
     def finish(self, step: str, settings: dict[str, Any], **facts: Any) -> dict[str, Any]:
-        self.steps[step] = {"settings": settings, **facts}
+        seconds = round(time.monotonic() - self._began.get(step, time.monotonic()), 1)
+        self.steps[step] = {"settings": settings, "seconds": seconds, **facts}
         atomic_write_json(self.path, {"steps": self.steps})
         return self.steps[step]
 
 
-def run_demo(workdir: Path, *, rerun_live: bool = False, log: Log = print) -> dict[str, Any]:
+def run_demo(
+    workdir: Path, *, rerun_live: bool = False, weights: str = "imagenet", log: Log = print
+) -> dict[str, Any]:
     """Run (or resume) the demo in `workdir`; returns the facts written to report.md."""
     started = time.monotonic()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state = _State(workdir)
@@ -89,7 +97,7 @@ def run_demo(workdir: Path, *, rerun_live: bool = False, log: Log = print) -> di
 
     _step(3, "finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, ImageNet weights)", log)
     bundle = workdir / "model"
-    training = _finetune(state, dataset, bundle, workdir / "feature_cache", log)
+    training = _finetune(state, dataset, bundle, workdir / "feature_cache", weights, log)
 
     _step(4, "classifier_node on the held-out drive", log)
     live_path = workdir / LIVE_FILE
@@ -98,12 +106,14 @@ def run_demo(workdir: Path, *, rerun_live: bool = False, log: Log = print) -> di
         log("  reusing the recorded live run (--rerun-live plays it again)")
         live = json.loads(live_path.read_text(encoding="utf-8"))
     else:
+        state.begin("live")
         live = _live(bags["heldout"], bundle, workdir, log)
         atomic_write_json(live_path, live)
         state.finish("live", live_settings)
 
     _step(5, "report", log)
     facts = _facts(workdir, bags, dataset, extracted, training, live, started)
+    facts["step_seconds"] = {k: v.get("seconds") for k, v in state.steps.items()}
     from tl_perception.demo.report import write_report
 
     report = write_report(workdir, facts)
@@ -130,14 +140,14 @@ def _synth(state: _State, step: str, bag: Path, frames: int, seed: int, log: Log
     if state.done(step, settings, bag / "metadata.yaml"):
         log(f"  {bag}: done before, reused")
         return
-    tick = time.monotonic()
+    state.begin(step)
     summary = write_synthetic_bag(
         bag, kind=KIND, frames=frames, seed=seed, size=SIZE, rate=RATE_HZ, overwrite=True
     )
-    state.finish(step, settings)
+    record = state.finish(step, settings)
     log(
         f"  wrote {bag}: {frames} frames, {summary.labelled_frames} labelled "
-        f"({time.monotonic() - tick:.1f} s)"
+        f"({record['seconds']:.1f} s)"
     )
 
 
@@ -153,7 +163,7 @@ def _extract(state: _State, bag: Path, dataset: Path, log: Log) -> dict[str, Any
         return record
     if dataset.exists():
         shutil.rmtree(dataset)  # made from another drive: start clean
-    tick = time.monotonic()
+    state.begin("extract")
     report = extract(
         ExtractOptions(
             bags=(bag,),
@@ -161,21 +171,24 @@ def _extract(state: _State, bag: Path, dataset: Path, log: Log) -> dict[str, Any
             out=dataset,
             labels=LabelSpec("topic", topic=LABEL_TOPIC, tolerance_s=LABEL_TOLERANCE_S),
             split=SPLIT,
-            workers=os.cpu_count() or 1,
+            workers=1,  # a forked pool can hang once synth has started cv2 threads here
         )
     )
     counts = {split: 0 for split in ("train", "val", "test")}
     for (_cls, split), n in report.kept.items():
         counts[split] = counts.get(split, 0) + n
-    log(f"  wrote {report.written} images to {dataset} {counts} ({time.monotonic() - tick:.1f} s)")
-    return state.finish("extract", settings, counts=counts)
+    record = state.finish("extract", settings, counts=counts)
+    log(f"  wrote {report.written} images to {dataset} {counts} ({record['seconds']:.1f} s)")
+    return record
 
 
-def _finetune(state: _State, dataset: Path, bundle: Path, cache: Path, log: Log) -> dict[str, Any]:
+def _finetune(
+    state: _State, dataset: Path, bundle: Path, cache: Path, weights: str, log: Log
+) -> dict[str, Any]:
     from tl_perception.bundle import read_bundle
     from tl_perception.train.config import FinetuneConfig
 
-    config = FinetuneConfig(strategy="auto", weights="imagenet", seed=0, cache_dir=str(cache))
+    config = FinetuneConfig(strategy="auto", weights=weights, seed=0, cache_dir=str(cache))
     settings = {"dataset": state.steps["extract"]["settings"], "config": config.to_dict()}
     record = state.done("finetune", settings, bundle / "bundle.json")
     if record:
@@ -184,7 +197,8 @@ def _finetune(state: _State, dataset: Path, bundle: Path, cache: Path, log: Log)
         return record
     from tl_perception.train.finetune import finetune
 
-    result = finetune(dataset, bundle, config, log=lambda line: log(f"  {line}"))
+    state.begin("finetune")
+    result = finetune(dataset, bundle, config, log=lambda line: log(f"  {line}"), verbose=2)
     meta = read_bundle(bundle).meta
     test_accuracy = None
     if state.steps["extract"]["counts"].get("test"):
@@ -233,7 +247,6 @@ def _live(bag: Path, bundle: Path, workdir: Path, log: Log) -> dict[str, Any]:
 
     # Keep the demo's ROS traffic on this machine unless the user chose otherwise.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
     from tl_perception.ros.collect import run_live
 
     image_topic = f"{NAMESPACE}{IMAGE_TOPIC}"

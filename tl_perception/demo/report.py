@@ -124,7 +124,12 @@ def report_markdown(facts: dict[str, Any]) -> str:
         f"![live accuracy per class]({LIVE_ACCURACY_PNG})",
         f"![latency histogram]({LATENCY_PNG})",
         "",
-        f"Demo wall time: {facts['wall_seconds']:.0f} s (this run; finished steps are reused).",
+        f"This run took {facts['wall_seconds']:.0f} s (finished steps are reused). "
+        "Each step's time when it ran: "
+        + ", ".join(
+            f"{step} {_fmt(seconds, 0, ' s')}" for step, seconds in facts["step_seconds"].items()
+        )
+        + ".",
         "",
     ]
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training room: finetune (strategies, feature cache, auto), evaluation and export."""

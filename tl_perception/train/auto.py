@@ -61,7 +61,7 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
     counts = np.unique(y_out, return_counts=True)[1]
     chance = float(counts.max() / counts.sum()) if counts.size else 1.0
     skill = (best - chance) / (1.0 - chance) if chance < 1.0 else 0.0
-    return {"accuracy": best, "chance": chance, "skill": skill, "images": int(len(labels))}
+    return {"accuracy": best, "chance": chance, "skill": skill, "images": len(labels)}
 
 
 def decide(

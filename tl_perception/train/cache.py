@@ -118,3 +118,17 @@ def cached_features(
     if not hashes:
         return {n: np.zeros((views + 1, 0, 0), dtype=np.float32) for n in names}
     return {n: np.stack([np.stack(v) for v in result[n]]) for n in names}
+
+
+def cache_key(
+    backbone: str, alpha: float | None, fingerprint: str, layer: str, size: int
+) -> dict[str, Any]:
+    """Everything that changes a layer's features (the cache directory's identity)."""
+    return {
+        "backbone": backbone,
+        "alpha": alpha,
+        "weights_sha256": fingerprint,
+        "layer": layer,
+        "input_size": size,
+        "pooling": "global_average",
+    }

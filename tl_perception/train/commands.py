@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, help="default: auto")
     p.add_argument("--cut-layer", metavar="NAME", help="truncate: layer to cut the base at")
     p.add_argument("--unfreeze", type=int, metavar="N", help="fine_tune: train the top N layers")
+    p.add_argument(
+        "--batchnorm", choices=("adapt", "frozen"), help="fine_tune: BatchNorm (default adapt)"
+    )
     p.add_argument("--epochs", type=int, help="default: per strategy (see docs)")
     p.add_argument("--head-epochs", type=int, help="fine_tune's frozen head phase (default 10)")
     p.add_argument("--batch-size", type=int, help="default: 32")
@@ -51,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 OPTION_NAMES = (
-    "backbone", "alpha", "input_size", "weights", "strategy", "cut_layer", "unfreeze", "epochs",
+    "backbone", "alpha", "input_size", "weights", "strategy", "cut_layer", "unfreeze", "batchnorm",
+    "epochs",
     "head_epochs", "batch_size", "learning_rate", "augment", "class_weight", "val_fraction",
     "seed", "resume", "distribute", "cache_augmentations", "cache_dir", "size_threshold",
     "export_tflite",

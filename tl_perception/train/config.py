@@ -33,6 +33,7 @@ class FinetuneConfig:
     epochs: int | None = None  # None: 40 for a head on cached features, 15 fine-tune, 40 scratch
     head_epochs: int | None = None  # fine_tune's frozen head phase (None = 10)
     batch_size: int = 32
+    batchnorm: str = "adapt"  # fine_tune's unfrozen phase: "adapt" (train BN) or "frozen"
     learning_rate: float | None = None  # None: 3e-3 head, 2e-3 fine-tune, 2e-3 scratch
     augment: str = "default"
     class_weight: str = "balanced"
@@ -45,7 +46,7 @@ class FinetuneConfig:
     patience: int = 6  # early stopping, epochs without val accuracy gain
     # auto: see docs/training.md for the evidence behind each threshold
     size_threshold: int = 1000  # train images per class at or above which data is "large"
-    similar_threshold: float = 0.8  # probe skill above chance at which features "separate"
+    similar_threshold: float = 0.85  # probe skill above chance at which features "separate"
     transfer_threshold: float = 0.2  # probe skill below which pretrained features do not help
     solved_threshold: float = 0.97  # probe accuracy at which even large data needs no fine-tune
     probe_max_per_class: int = 100
@@ -58,6 +59,7 @@ class FinetuneConfig:
         _choice("augment", self.augment, AUGMENTS)
         _choice("distribute", self.distribute, DISTRIBUTES)
         _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _choice("batchnorm", self.batchnorm, ("adapt", "frozen"))
         if not 0.0 <= self.val_fraction < 1.0:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("epochs", "head_epochs", "batch_size", "unfreeze", "input_size"):

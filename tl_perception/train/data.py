@@ -75,9 +75,7 @@ def load_split(
         labels.append(index[sample.class_name])
         hashes.append(content_hash(rgb))
         kept.append(sample)
-    array = (
-        np.stack(images) if images else np.zeros((0, input_size, input_size, 3), dtype=np.uint8)
-    )
+    array = np.stack(images) if images else np.zeros((0, input_size, input_size, 3), dtype=np.uint8)
     return Split(array, np.asarray(labels, dtype=np.int64), hashes, kept)
 
 

@@ -24,30 +24,14 @@ from tl_perception.bundle import REPORT_DIR, bundle_meta, write_bundle
 from tl_perception.errors import TlPerceptionError, TrainingError
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
 from tl_perception.train import auto
-from tl_perception.train.cache import CacheStats, FeatureCache, cached_features
+from tl_perception.train.cache import CacheStats, FeatureCache, cache_key, cached_features
 from tl_perception.train.config import FinetuneConfig
 from tl_perception.train.data import TrainingData, load_training_data
-from tl_perception.train.strategies import (
-    PHASES,
-    build_network,
-    probe_extractor,
-    set_phase,
-    trainable_counts,
-)
-from tl_perception.train.trainer import (
-    Checkpoints,
-    PhasePlan,
-    balanced_class_weights,
-    feature_pipeline,
-    image_pipeline,
-    run_phase,
-)
+from tl_perception.train.phases import train_phases
+from tl_perception.train.strategies import build_network, probe_extractor
+from tl_perception.train.trainer import Checkpoints
 
 Log = Callable[[str], None]
-#: Defaults measured on GTSRB (docs/training.md): epochs and Adam rates per phase kind.
-DEFAULT_EPOCHS = {"head": 40, "fine_tune": 15, "from_scratch": 40}
-DEFAULT_HEAD_EPOCHS_FINE_TUNE = 10
-DEFAULT_RATES = {"head": 3e-3, "fine_tune": 2e-3, "from_scratch": 2e-3}
 
 
 @dataclass
@@ -87,11 +71,9 @@ def finetune(
     cut_layer = cfg.cut_layer or spec.default_cut_layer
     out = Path(out_bundle_path)
     partial = out.with_name(out.name + ".partial")
-    if partial.exists() and not cfg.resume:
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints.open(partial)
+    checkpoints = Checkpoints.open(partial) if cfg.resume else Checkpoints(partial)
     _check_resume(checkpoints, cfg, log)
+    weights = backbones.resolve_weights(spec, weights_arg, size, alpha)
 
     start = time.monotonic()
     keras.utils.set_random_seed(cfg.seed)
@@ -101,7 +83,9 @@ def finetune(
         f"{len(data.train)} train / {len(data.val)} val images, {num_classes} classes "
         f"(val: {data.val_source})"
     )
-    weights = backbones.resolve_weights(spec, weights_arg, size, alpha)
+    if partial.exists() and not cfg.resume:
+        shutil.rmtree(partial)  # only now: bad input must not destroy an interrupted run
+    checkpoints.save_state()
     log(f"backbone {spec.name} alpha={alpha} input {size}px, weights: {weights.description}")
     stats = CacheStats()
     cache_root = cfg.cache_root()
@@ -124,7 +108,7 @@ def finetune(
         network = build_network(
             spec, size, alpha, weights, num_classes, strategy, cut_layer, base=base
         )
-        history, phases = _train_phases(
+        history, phases = train_phases(
             network, strategy, data, cfg, spec.name, alpha, size, cache_root, stats,
             checkpoints, tensorboard_dir, log, verbose,
         )  # fmt: skip
@@ -230,7 +214,6 @@ def _check_resume(checkpoints: Checkpoints, cfg: FinetuneConfig, log: Log) -> No
             f"{str(checkpoints.directory)!r}; rerun with the same options or without --resume"
         )
     checkpoints.state["config"] = wanted
-    checkpoints.save_state()
 
 
 def _distribution(name: str, log: Log) -> Any:
@@ -263,9 +246,9 @@ def _auto_decision(
     fingerprint = backbones.weights_fingerprint(base)
     caches = {
         "final": FeatureCache(
-            cache_root, _cache_key(spec.name, alpha, fingerprint, base.layers[-1].name, size)
+            cache_root, cache_key(spec.name, alpha, fingerprint, base.layers[-1].name, size)
         ),
-        "cut": FeatureCache(cache_root, _cache_key(spec.name, alpha, fingerprint, cut_layer, size)),
+        "cut": FeatureCache(cache_root, cache_key(spec.name, alpha, fingerprint, cut_layer, size)),
     }
     pick = auto.probe_subset(data.train.labels, cfg.probe_max_per_class, cfg.seed)
     images = data.train.images[pick]
@@ -275,158 +258,6 @@ def _auto_decision(
     probe_final = auto.linear_probe(feats["final"][0], labels, cfg.seed)
     probe_cut = auto.linear_probe(feats["cut"][0], labels, cfg.seed)
     return auto.decide(data.images_per_class(), probe_final, probe_cut, cut_layer, cfg)
-
-
-def _cache_key(
-    backbone: str, alpha: float | None, fingerprint: str, layer: str, size: int
-) -> dict[str, Any]:
-    return {
-        "backbone": backbone,
-        "alpha": alpha,
-        "weights_sha256": fingerprint,
-        "layer": layer,
-        "input_size": size,
-        "pooling": "global_average",
-    }
-
-
-def _train_phases(
-    network: Any,
-    strategy: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    backbone: str,
-    alpha: float | None,
-    size: int,
-    cache_root: Path,
-    stats: CacheStats,
-    checkpoints: Checkpoints,
-    tensorboard_dir: Path,
-    log: Log,
-    verbose: Any,
-) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
-    """Run the strategy's phases; history keys are prefixed by phase when there are several."""
-    num_classes = len(data.class_names)
-    weights = (
-        balanced_class_weights(data.train.labels, num_classes)
-        if cfg.class_weight == "balanced"
-        else None
-    )
-    history: dict[str, list[float]] = {}
-    phases = []
-    for phase in PHASES[strategy]:
-        set_phase(network, phase, cfg.unfreeze, pretrained=strategy != "from_scratch")
-        counts = trainable_counts(network.model)
-        if phase == "head":
-            plan = _head_plan(
-                network, strategy, data, cfg, backbone, alpha, size, cache_root, stats, weights
-            )
-        else:
-            plan = _end_to_end_plan(network, strategy, data, cfg, weights)
-        log(
-            f"phase {phase!r}: {counts['trainable_weights']} trainable weight tensors, "
-            f"{counts['trainable_params']} parameters, up to {plan.epochs} epochs, "
-            f"lr {plan.learning_rate:g} ({plan.schedule})"
-        )
-        phase_history = run_phase(plan, checkpoints, tensorboard_dir, log, verbose)
-        prefix = "" if len(PHASES[strategy]) == 1 else f"{phase}_"
-        history.update({prefix + k: v for k, v in phase_history.items()})
-        phases.append(
-            {"name": phase, **counts, "epochs_run": len(next(iter(phase_history.values()), []))}
-        )
-    return history, phases
-
-
-def _head_plan(
-    network: Any,
-    strategy: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    backbone: str,
-    alpha: float | None,
-    size: int,
-    cache_root: Path,
-    stats: CacheStats,
-    class_weight: dict[int, float] | None,
-) -> PhasePlan:
-    """The frozen-base phase trains the head on cached features (K augmented views)."""
-    key = _cache_key(backbone, alpha, network.base_fingerprint, network.feature_layer, size)
-    caches = {"features": FeatureCache(cache_root, key)}
-    train = cached_features(
-        network.extractor,
-        caches,
-        data.train.images,
-        data.train.hashes,
-        cfg.cache_augmentations,
-        cfg.augment,
-        cfg.batch_size,
-        stats,
-    )["features"]
-    views = train.shape[0]
-    x_train = train.reshape(-1, train.shape[-1])
-    y_train = np.tile(data.train.labels, views)
-    val_ds = None
-    if len(data.val):
-        val = cached_features(
-            network.extractor,
-            caches,
-            data.val.images,
-            data.val.hashes,
-            0,
-            "none",
-            cfg.batch_size,
-            stats,
-        )["features"][0]
-        val_ds = feature_pipeline(val, data.val.labels, cfg.batch_size, cfg.seed, False)
-    log_epochs = cfg.epochs if strategy != "fine_tune" else cfg.head_epochs
-    epochs = log_epochs or (
-        DEFAULT_HEAD_EPOCHS_FINE_TUNE if strategy == "fine_tune" else DEFAULT_EPOCHS["head"]
-    )
-    rate = (cfg.learning_rate if strategy != "fine_tune" else None) or DEFAULT_RATES["head"]
-    return PhasePlan(
-        name="head",
-        model=network.head_model,
-        train_ds=feature_pipeline(x_train, y_train, cfg.batch_size, cfg.seed, True),
-        val_ds=val_ds,
-        epochs=epochs,
-        learning_rate=rate,
-        schedule="plateau",
-        steps_per_epoch=int(np.ceil(len(y_train) / cfg.batch_size)),
-        class_weight=class_weight,
-        patience=cfg.patience,
-    )
-
-
-def _end_to_end_plan(
-    network: Any,
-    strategy: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    class_weight: dict[int, float] | None,
-) -> PhasePlan:
-    """Unfrozen training on images with online augmentation and a cosine decay to zero."""
-    kind = "from_scratch" if strategy == "from_scratch" else "fine_tune"
-    epochs = cfg.epochs or DEFAULT_EPOCHS[kind]
-    train_ds = image_pipeline(
-        data.train.images, data.train.labels, cfg.batch_size, cfg.augment, cfg.seed, True
-    )
-    val_ds = None
-    if len(data.val):
-        val_ds = image_pipeline(
-            data.val.images, data.val.labels, cfg.batch_size, "none", cfg.seed, False
-        )
-    return PhasePlan(
-        name="all",
-        model=network.model,
-        train_ds=train_ds,
-        val_ds=val_ds,
-        epochs=epochs,
-        learning_rate=cfg.learning_rate or DEFAULT_RATES[kind],
-        schedule="cosine",
-        steps_per_epoch=int(np.ceil(len(data.train) / cfg.batch_size)),
-        class_weight=class_weight,
-        patience=max(cfg.patience, epochs),  # cosine to zero: the last epochs are the best
-    )
 
 
 def _val_accuracy(model: Any, data: TrainingData, batch_size: int) -> float | None:

@@ -22,6 +22,7 @@ from tl_perception.images import read_image_file, resize_rgb
 
 MAX_ANNOTATED_CLASSES = 15
 MAX_MISTAKE_TILES = 25
+CURVE_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def _pyplot() -> Any:
@@ -51,11 +52,14 @@ def plot_training_curves(
 
     Args:
         history: Keras `History.history`-style lists, e.g. `loss`, `accuracy`, `val_loss`,
-            `val_accuracy`; phases of a multi-phase run concatenated.
-        phase_starts: 0-based epoch indices where a new phase begins (drawn as dashed lines),
+            `val_accuracy`; or per-phase keys with a prefix (`head_loss`, ..., `all_loss`, ...,
+            in phase order), which are joined end to end with a line between phases.
+        phase_starts: 0-based epoch indices where a new phase begins (drawn as dotted lines),
             e.g. where fine-tuning unfreezes the base.
     """
     plt = _pyplot()
+    history, starts = join_phases(history)
+    phase_starts = sorted({*phase_starts, *starts})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
@@ -73,6 +77,27 @@ def plot_training_curves(
             ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def join_phases(
+    history: Mapping[str, Sequence[float]],
+) -> tuple[dict[str, list[float]], list[int]]:
+    """Per-phase `<phase>_loss`-style keys joined into one curve each, plus phase start epochs.
+
+    A history that already has `loss` or `accuracy` is returned as is.
+    """
+    if "loss" in history or "accuracy" in history:
+        return {k: list(v) for k, v in history.items()}, []
+    prefixes = [k[: -len("loss")] for k in history if k.endswith("_loss") and "val_" not in k]
+    joined: dict[str, list[float]] = {m: [] for m in CURVE_KEYS}
+    starts = []
+    for prefix in prefixes:
+        length = len(history[prefix + "loss"])
+        starts.append(len(joined["loss"]))
+        for metric in CURVE_KEYS:
+            values = list(history.get(prefix + metric, ()))
+            joined[metric] += values + [math.nan] * (length - len(values))
+    return {k: v for k, v in joined.items() if any(not math.isnan(x) for x in v)}, starts
 
 
 def plot_confusion_matrix(

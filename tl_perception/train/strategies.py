@@ -1,17 +1,18 @@
 """The four transfer strategies as networks and per-phase trainable sets.
 
-| strategy            | base weights | base kept        | phase "head"   | phase "all"              |
-|---------------------|--------------|------------------|----------------|--------------------------|
-| feature_extraction  | pretrained   | whole            | head only      | -                        |
-| truncate            | pretrained   | up to cut layer  | head only      | -                        |
-| fine_tune           | pretrained   | whole            | head only      | all (or top N) + head    |
-| from_scratch        | random       | whole            | -              | everything               |
+| strategy           | base weights | base kept       | phase "head" | phase "all"           |
+|--------------------|--------------|-----------------|--------------|-----------------------|
+| feature_extraction | pretrained   | whole           | head only    | -                     |
+| truncate           | pretrained   | up to cut layer | head only    | -                     |
+| fine_tune          | pretrained   | whole           | head only    | all (or top N) + head |
+| from_scratch       | random       | whole           | -            | everything            |
 
 The end-to-end model is uint8 RGB -> preprocessing layers -> base -> global average pooling ->
-dropout -> dense softmax. A pretrained base keeps BatchNorm in inference mode even when unfrozen (the Keras
-transfer-learning guide's recipe; see `set_phase` for how under Keras 3); a random base trains
-its BatchNorm normally. The head layers are shared with a small features -> probabilities
-model, so training the head on cached features trains the end-to-end model's head.
+dropout -> dense softmax. In fine_tune's "all" phase BatchNorm adapts by default, or stays in
+inference mode (`freeze_batchnorm`, the Keras guide's recipe; see `set_phase` for how under
+Keras 3); a random base always trains its BatchNorm. The head layers are shared with a small
+features -> probabilities model, so training the head on cached features trains the end-to-end
+model's head.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def probe_extractor(backbone: Backbone, base: Any, input_size: int, cut_layer: s
 
 
 def set_phase(
-    network: Network, phase: str, unfreeze: int | None = None, pretrained: bool = True
+    network: Network, phase: str, unfreeze: int | None = None, freeze_batchnorm: bool = False
 ) -> None:
     """Make exactly the phase's layers trainable (the head is always trainable).
 
@@ -120,7 +121,7 @@ def set_phase(
                 )
             for layer in base.layers[: len(base.layers) - unfreeze]:
                 layer.trainable = False
-        if pretrained:
+        if freeze_batchnorm:
             for layer in base.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False

@@ -1,0 +1,173 @@
+"""The training phases of a strategy: what each trains, on what data, how long, how fast.
+
+Frozen phases train the head on cached bottleneck features (plus K augmented views per image);
+unfrozen phases train end to end on images with online augmentation and a cosine decay to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl_perception.train.cache import CacheStats, FeatureCache, cache_key, cached_features
+from tl_perception.train.config import FinetuneConfig
+from tl_perception.train.data import TrainingData
+from tl_perception.train.strategies import PHASES, set_phase, trainable_counts
+from tl_perception.train.trainer import (
+    Checkpoints,
+    PhasePlan,
+    balanced_class_weights,
+    feature_pipeline,
+    image_pipeline,
+    run_phase,
+)
+
+Log = Callable[[str], None]
+
+#: Defaults measured on GTSRB (docs/training.md): epochs and Adam rates per phase kind.
+DEFAULT_EPOCHS = {"head": 40, "fine_tune": 15, "from_scratch": 40}
+DEFAULT_HEAD_EPOCHS_FINE_TUNE = 10
+DEFAULT_RATES = {"head": 3e-3, "fine_tune": 2e-3, "from_scratch": 2e-3}
+
+
+def train_phases(
+    network: Any,
+    strategy: str,
+    data: TrainingData,
+    cfg: FinetuneConfig,
+    backbone: str,
+    alpha: float | None,
+    size: int,
+    cache_root: Path,
+    stats: CacheStats,
+    checkpoints: Checkpoints,
+    tensorboard_dir: Path,
+    log: Log,
+    verbose: Any,
+) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+    """Run the strategy's phases; history keys are prefixed by phase when there are several."""
+    num_classes = len(data.class_names)
+    weights = (
+        balanced_class_weights(data.train.labels, num_classes)
+        if cfg.class_weight == "balanced"
+        else None
+    )
+    history: dict[str, list[float]] = {}
+    phases = []
+    for phase in PHASES[strategy]:
+        freeze_bn = strategy != "from_scratch" and cfg.batchnorm == "frozen"
+        set_phase(network, phase, cfg.unfreeze, freeze_batchnorm=freeze_bn)
+        counts = trainable_counts(network.model)
+        if phase == "head":
+            plan = _head_plan(
+                network, strategy, data, cfg, backbone, alpha, size, cache_root, stats, weights
+            )
+        else:
+            plan = _end_to_end_plan(network, strategy, data, cfg, weights)
+        log(
+            f"phase {phase!r}: {counts['trainable_weights']} trainable weight tensors, "
+            f"{counts['trainable_params']} parameters, up to {plan.epochs} epochs, "
+            f"lr {plan.learning_rate:g} ({plan.schedule})"
+        )
+        phase_history = run_phase(plan, checkpoints, tensorboard_dir, log, verbose)
+        prefix = "" if len(PHASES[strategy]) == 1 else f"{phase}_"
+        history.update({prefix + k: v for k, v in phase_history.items()})
+        phases.append(
+            {"name": phase, **counts, "epochs_run": len(next(iter(phase_history.values()), []))}
+        )
+    return history, phases
+
+
+def _head_plan(
+    network: Any,
+    strategy: str,
+    data: TrainingData,
+    cfg: FinetuneConfig,
+    backbone: str,
+    alpha: float | None,
+    size: int,
+    cache_root: Path,
+    stats: CacheStats,
+    class_weight: dict[int, float] | None,
+) -> PhasePlan:
+    """The frozen-base phase trains the head on cached features (K augmented views)."""
+    key = cache_key(backbone, alpha, network.base_fingerprint, network.feature_layer, size)
+    caches = {"features": FeatureCache(cache_root, key)}
+    train = cached_features(
+        network.extractor,
+        caches,
+        data.train.images,
+        data.train.hashes,
+        cfg.cache_augmentations,
+        cfg.augment,
+        cfg.batch_size,
+        stats,
+    )["features"]
+    views = train.shape[0]
+    x_train = train.reshape(-1, train.shape[-1])
+    y_train = np.tile(data.train.labels, views)
+    val_ds = None
+    if len(data.val):
+        val = cached_features(
+            network.extractor,
+            caches,
+            data.val.images,
+            data.val.hashes,
+            0,
+            "none",
+            cfg.batch_size,
+            stats,
+        )["features"][0]
+        val_ds = feature_pipeline(val, data.val.labels, cfg.batch_size, cfg.seed, False)
+    log_epochs = cfg.epochs if strategy != "fine_tune" else cfg.head_epochs
+    epochs = log_epochs or (
+        DEFAULT_HEAD_EPOCHS_FINE_TUNE if strategy == "fine_tune" else DEFAULT_EPOCHS["head"]
+    )
+    rate = (cfg.learning_rate if strategy != "fine_tune" else None) or DEFAULT_RATES["head"]
+    return PhasePlan(
+        name="head",
+        model=network.head_model,
+        train_ds=feature_pipeline(x_train, y_train, cfg.batch_size, cfg.seed, True),
+        val_ds=val_ds,
+        epochs=epochs,
+        learning_rate=rate,
+        schedule="plateau",
+        steps_per_epoch=int(np.ceil(len(y_train) / cfg.batch_size)),
+        class_weight=class_weight,
+        patience=cfg.patience,
+    )
+
+
+def _end_to_end_plan(
+    network: Any,
+    strategy: str,
+    data: TrainingData,
+    cfg: FinetuneConfig,
+    class_weight: dict[int, float] | None,
+) -> PhasePlan:
+    """Unfrozen training on images with online augmentation and a cosine decay to zero."""
+    kind = "from_scratch" if strategy == "from_scratch" else "fine_tune"
+    epochs = cfg.epochs or DEFAULT_EPOCHS[kind]
+    train_ds = image_pipeline(
+        data.train.images, data.train.labels, cfg.batch_size, cfg.augment, cfg.seed, True
+    )
+    val_ds = None
+    if len(data.val):
+        val_ds = image_pipeline(
+            data.val.images, data.val.labels, cfg.batch_size, "none", cfg.seed, False
+        )
+    return PhasePlan(
+        name="all",
+        model=network.model,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        epochs=epochs,
+        learning_rate=cfg.learning_rate or DEFAULT_RATES[kind],
+        schedule="cosine",
+        steps_per_epoch=int(np.ceil(len(data.train) / cfg.batch_size)),
+        class_weight=class_weight,
+        patience=max(cfg.patience, epochs),  # cosine to zero: the last epochs are the best
+    )
