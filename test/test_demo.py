@@ -51,14 +51,14 @@ def test_demo_report_has_sane_numbers(demo_run: tuple[Path, str]) -> None:
     assert live > 3.0 / classes, "live accuracy should be well above chance (0.1)"
     labelled = number(r"on (\d+) labelled frames", report)
     assert labelled >= 100
-    assert number(r"\*\*([0-9.]+) fps\*\*", report) > 2.0
+    assert number(r"\*\*([0-9.]+) fps\*\*", report) > 1.0  # 10 offered; CI cores may be busy
     p50 = number(r"\(p50 / p95\): \*\*([0-9.]+) / ", report)
     p95 = number(r"\(p50 / p95\): \*\*[0-9.]+ / ([0-9.]+) ms\*\*", report)
     assert 0 < p50 <= p95 < 5000
     dropped = number(r"dropped by the node: (\d+)", report)
     published = number(r"Images published: (\d+)", report)
     classified = number(r"classified: (\d+);", report)
-    assert published == 400 and 0 <= dropped < published and classified >= published / 2
+    assert published == 400 and 0 <= dropped < published and classified >= published / 4
     for png in (LIVE_ACCURACY_PNG, LATENCY_PNG):
         assert (workdir / png).read_bytes().startswith(b"\x89PNG")
     # The node ran as its own process and said what it loaded.

@@ -12,6 +12,7 @@ not depend on `--workers`. Images are written under temp names and renamed; the 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections import Counter, deque
@@ -244,7 +245,10 @@ def _decoded(
             bar.update(1)
         return
     pending: deque[tuple[list[_Meta], Future[list[FrameResult]]]] = deque()
-    with ProcessPoolExecutor(max_workers=options.workers, initializer=init_worker) as pool:
+    # forkserver, not fork: forking a process whose OpenCV/TensorFlow threads hold locks can
+    # deadlock the children (seen when the demo ran synth and extract in one process).
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(options.workers, context, initializer=init_worker) as pool:
         chunk: list[tuple[_Meta, tuple[Any, ...]]] = []
 
         def submit() -> None:

@@ -209,25 +209,12 @@ def _record_auto_choice(
 def probe_auto_decision(dataset: Path, config: Any, log: Log) -> dict[str, Any]:
     """auto's decision (strategy, reason, probe numbers) for `config`, without training.
 
-    Uses the trainer's own probe (`finetune._auto_decision`), so the answer is the one
-    `finetune --strategy auto` would reach; the probe features land in the shared cache.
+    The trainer's own `decide_strategy`, so the answer is the one `finetune --strategy auto`
+    reaches; the probe features land in the shared cache.
     """
-    from tl_perception import backbones
-    from tl_perception.train import finetune as trainer
-    from tl_perception.train.cache import CacheStats
-    from tl_perception.train.data import load_training_data
+    from tl_perception.train.finetune import decide_strategy
 
-    spec = backbones.get_backbone(config.backbone)
-    size = backbones.resolve_input_size(spec, config.input_size)
-    weights_arg = None if config.weights == "none" else config.weights
-    alpha = backbones.resolve_alpha(spec, config.alpha, weights_arg)
-    data = load_training_data(dataset, size, config.val_fraction, config.seed, log)
-    weights = backbones.resolve_weights(spec, weights_arg, size, alpha)
-    base = backbones.build_base(spec, size, alpha, weights)
-    cut_layer = config.cut_layer or spec.default_cut_layer
-    return trainer._auto_decision(
-        spec, base, size, alpha, cut_layer, data, config, config.cache_root(), CacheStats(), log
-    )
+    return decide_strategy(dataset, config, log)
 
 
 def _config(options: ExperimentOptions, backbone: BackboneSpec, strategy: str) -> Any:

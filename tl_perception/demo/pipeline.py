@@ -95,7 +95,7 @@ def run_demo(
     dataset = workdir / "dataset"
     extracted = _extract(state, bags["train"], dataset, log)
 
-    _step(3, "finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, ImageNet weights)", log)
+    _step(3, f"finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, weights {weights})", log)
     bundle = workdir / "model"
     training = _finetune(state, dataset, bundle, workdir / "feature_cache", weights, log)
 
@@ -113,7 +113,8 @@ def run_demo(
 
     _step(5, "report", log)
     facts = _facts(workdir, bags, dataset, extracted, training, live, started)
-    facts["step_seconds"] = {k: v.get("seconds") for k, v in state.steps.items()}
+    order = ("synth_train", "synth_heldout", "extract", "finetune", "live")
+    facts["step_seconds"] = {k: state.steps[k].get("seconds") for k in order if k in state.steps}
     from tl_perception.demo.report import write_report
 
     report = write_report(workdir, facts)
@@ -171,7 +172,7 @@ def _extract(state: _State, bag: Path, dataset: Path, log: Log) -> dict[str, Any
             out=dataset,
             labels=LabelSpec("topic", topic=LABEL_TOPIC, tolerance_s=LABEL_TOLERANCE_S),
             split=SPLIT,
-            workers=1,  # a forked pool can hang once synth has started cv2 threads here
+            workers=os.cpu_count() or 1,
         )
     )
     counts = {split: 0 for split in ("train", "val", "test")}
