@@ -124,7 +124,7 @@ def train_plain(args: argparse.Namespace, out: Path) -> Path:
     from tl_perception import backbones
     from tl_perception.bundle import bundle_meta, write_bundle
     from tl_perception.train.data import load_training_data
-    from tl_perception.train.finetune import DEFAULT_RATES
+    from tl_perception.train.phases import DEFAULT_RATES
     from tl_perception.train.strategies import build_network, set_phase
     from tl_perception.train.trainer import (
         Checkpoints,

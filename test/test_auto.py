@@ -103,3 +103,30 @@ def test_auto_decision_is_recorded_in_the_bundle(datasets: dict[str, Path], tmp_
     assert result.strategy == meta["strategy"] == meta["auto"]["strategy"] == "feature_extraction"
     assert "already separate" in meta["auto"]["reason"]
     assert set(meta["auto"]["probe_cut"]) >= {"accuracy", "chance", "skill"}
+
+
+def test_probe_holdout_keeps_each_sequence_on_one_side() -> None:
+    from tl_perception.train.auto import holdout_mask
+
+    labels = np.repeat([0, 1], 40)
+    groups = [f"c{label}:run{i // 10}" for i, label in enumerate(labels)]
+    mask = holdout_mask(labels, groups, seed=3)
+    for group in set(groups):
+        members = [i for i, g in enumerate(groups) if g == group]
+        assert len({bool(mask[i]) for i in members}) == 1, group
+    for label in (0, 1):
+        held = mask[labels == label]
+        assert 0 < held.sum() < held.size
+
+
+def test_probe_on_near_duplicate_sequences_is_not_fooled() -> None:
+    """Features that only identify the sequence (not the class) must not score as separable."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 40)
+    groups = [f"run{i // 8}" for i in range(len(labels))]
+    centers = {g: rng.normal(size=16) for g in set(groups)}
+    features = np.stack([centers[g] + 0.01 * rng.normal(size=16) for g in groups])
+    leaky = linear_probe(features, labels)
+    honest = linear_probe(features, labels, groups=groups)
+    assert leaky["accuracy"] > 0.9
+    assert honest["accuracy"] < 0.6

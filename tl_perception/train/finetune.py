@@ -8,7 +8,6 @@ logs in report/; then evaluate on the val split and export TFLite when those mod
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 import time
@@ -255,8 +254,9 @@ def _auto_decision(
     hashes = [data.train.hashes[i] for i in pick]
     feats = cached_features(extractor, caches, images, hashes, 0, "none", cfg.batch_size, stats)
     labels = data.train.labels[pick]
-    probe_final = auto.linear_probe(feats["final"][0], labels, cfg.seed)
-    probe_cut = auto.linear_probe(feats["cut"][0], labels, cfg.seed)
+    groups = [data.train.samples[i].sequence for i in pick]
+    probe_final = auto.linear_probe(feats["final"][0], labels, cfg.seed, groups)
+    probe_cut = auto.linear_probe(feats["cut"][0], labels, cfg.seed, groups)
     return auto.decide(data.images_per_class(), probe_final, probe_cut, cut_layer, cfg)
 
 
@@ -290,25 +290,19 @@ def _plot_curves(history: dict[str, list[float]], out_png: Path, log: Log) -> No
 def _evaluate_and_export(
     bundle_path: Path, data: TrainingData, cfg: FinetuneConfig, log: Log
 ) -> None:
-    """Val-split report and TFLite export (modules of the evaluation room, when present).
+    """Val-split report and float TFLite export with its top-1 agreement on the whole val split.
 
     The Keras bundle is already complete; a failed export is reported, not fatal.
     """
-    if cfg.evaluate and data.val.samples:
-        with contextlib.suppress(ImportError):
-            from tl_perception.train.evaluate import evaluate_samples
+    from tl_perception.train.evaluate import evaluate_samples
+    from tl_perception.train.export import export_tflite
 
-            evaluate_samples(bundle_path, data.val.samples, out_dir=bundle_path / REPORT_DIR)
+    if cfg.evaluate and data.val.samples:
+        evaluate_samples(bundle_path, data.val.samples, out_dir=bundle_path / REPORT_DIR)
     if cfg.export_tflite:
         try:
-            from tl_perception.train.export import export_tflite
-        except ImportError:
-            return
-        try:
             record = export_tflite(
-                bundle_path,
-                calibration_samples=data.train.samples[:200],
-                agreement_samples=data.val.samples[:200] or data.train.samples[:200],
+                bundle_path, agreement_samples=data.val.samples or data.train.samples
             )
             log(f"exported model.tflite (top-1 agreement {record.get('top1_agreement')})")
         except TlPerceptionError as err:
