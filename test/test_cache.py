@@ -58,3 +58,21 @@ def test_cache_entries_are_keyed_by_weights_hash(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.load("ab" * 32, "v0"), [0, 1, 2])
     assert b.load("ab" * 32, "v0") is None
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_cache_shards_are_read_back_by_a_new_instance_and_damage_is_ignored(
+    tmp_path: Path,
+) -> None:
+    from tl_perception.train.cache import FeatureCache
+
+    key = {"backbone": "x", "weights_sha256": "1"}
+    hashes = [f"{i:064x}" for i in range(5)]
+    vectors = np.arange(15, dtype=np.float32).reshape(5, 3)
+    FeatureCache(tmp_path, key).save_many(hashes, "v0", vectors)
+    shards = list(tmp_path.rglob("*.npz"))
+    assert len(shards) == 1  # one file for the batch, not one per image
+    fresh = FeatureCache(tmp_path, key)
+    for digest, vector in zip(hashes, vectors, strict=True):
+        np.testing.assert_array_equal(fresh.load(digest, "v0"), vector)
+    shards[0].write_bytes(b"not a shard")
+    assert FeatureCache(tmp_path, key).load(hashes[0], "v0") is None

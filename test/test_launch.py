@@ -97,10 +97,9 @@ def test_every_key_in_classify_yaml_is_a_declared_parameter() -> None:
     reason="launch_testing comes from a ROS 2 install (apt), not from PyPI",
 )
 def test_launch_file_runs_the_node_where_ros_is_installed(color_bundle: Path) -> None:
+    import launch
     import launch_testing.actions  # noqa: F401
     from launch.launch_description_sources import PythonLaunchDescriptionSource
-
-    import launch
 
     if not NODE_SCRIPT.is_file() and "AMENT_PREFIX_PATH" not in os.environ:
         pytest.skip("tl_perception is not installed in a ROS 2 workspace")

@@ -23,6 +23,9 @@ def _read_umask() -> int:
 
 # Read once at import: os.umask() can only be read by setting it, which would race with threads.
 _UMASK = _read_umask()
+#: Modes of files and directories we create: the usual ones, not mkstemp's private 0600.
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -37,7 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -66,7 +69,7 @@ def staged_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".staging", dir=path.parent))
-    os.chmod(stage, 0o777 & ~_UMASK)
+    os.chmod(stage, DIR_MODE)
     try:
         yield stage
     except BaseException:

@@ -48,7 +48,7 @@ from tl_perception.dataset import (
     safe_class_dir,
 )
 from tl_perception.errors import DatasetError
-from tl_perception.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tl_perception.fsutil import FILE_MODE, atomic_write_json, atomic_write_text
 
 CHUNK = 16
 
@@ -145,8 +145,11 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
     total = sum(len(plan) for plan in plans)
     bar = Progress(total, enabled=progress)
     writer = _FrameWriter(options, splits, rows, report)
-    for result, meta in _decoded(options, plans, names, bar):
-        writer.consume(meta, result)
+    try:
+        for result, meta in _decoded(options, plans, names, bar):
+            writer.consume(meta, result)
+    finally:
+        _remove_frame_temps(out)  # an interrupted run leaves no temp files behind
     bar.close()
     _write_summary(options, names, rows, report, summary)
     atomic_write_text(out / MANIFEST_FILE, manifest_text(rows.values()))
@@ -175,27 +178,35 @@ class _FrameWriter:
         self.seen: set[str] = set()
 
     def consume(self, meta: _Meta, result: FrameResult) -> None:
-        frame = meta.frame
         if result.skip:
             self.report.skipped[result.skip] += 1
             return
+        if not self._keep(meta, result):
+            os.unlink(result.tmp_path)
+
+    def _keep(self, meta: _Meta, result: FrameResult) -> bool:
+        """Rename the frame's temp file into place and add its row; False when it is skipped."""
+        frame = meta.frame
         if self.options.dedup is not None:
             last = self.last_hash.get(frame.sequence)
             if last is not None and hamming(last, result.phash) <= self.options.dedup:
                 self.report.skipped["near_duplicate"] += 1
-                return
+                return False
             self.last_hash[frame.sequence] = result.phash
         split = self.splits[frame.sequence]
         name = f"{meta.bag}_{self.topic_slug}_{meta.stamp_ns}.{self.options.fmt}"
         rel = f"{split}/{frame.class_dir}/{name}"
         if rel in self.seen:
             self.report.skipped["duplicate_stamp"] += 1
-            return
+            return False
         self.seen.add(rel)
         if rel in self.rows:
             self.report.skipped["already_in_dataset"] += 1
-            return
-        atomic_write_bytes(self.options.out / rel, result.encoded)
+            return False
+        target = self.options.out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(result.tmp_path, FILE_MODE)
+        os.replace(result.tmp_path, target)
         self.rows[rel] = {
             "path": rel,
             "split": split,
@@ -211,6 +222,7 @@ class _FrameWriter:
             "sequence": frame.sequence,
         }
         self.report.kept[(frame.class_dir, split)] += 1
+        return True
 
 
 def _jobs(
@@ -239,9 +251,10 @@ def _decoded(
 ) -> Iterator[tuple[FrameResult, _Meta]]:
     """(result, meta) in bag order; the work runs in `options.workers` processes."""
     jobs = _jobs(options, plans, names)
+    tmp_dir = str(options.out)  # same file system as the images: renames are atomic
     if options.workers <= 1:
         for meta, fields in jobs:
-            yield _process_chunk([fields], options.crop, options.fmt)[0], meta
+            yield _process_chunk([fields], options.crop, options.fmt, tmp_dir)[0], meta
             bar.update(1)
         return
     pending: deque[tuple[list[_Meta], Future[list[FrameResult]]]] = deque()
@@ -253,7 +266,8 @@ def _decoded(
 
         def submit() -> None:
             metas = [m for m, _ in chunk]
-            fut = pool.submit(_process_chunk, [f for _, f in chunk], options.crop, options.fmt)
+            fields = [f for _, f in chunk]
+            fut = pool.submit(_process_chunk, fields, options.crop, options.fmt, tmp_dir)
             pending.append((metas, fut))
             chunk.clear()
 
@@ -310,8 +324,15 @@ def _check_rerun(options: ExtractOptions, summary: dict[str, Any] | None) -> Non
         )
 
 
+def _remove_frame_temps(out: Path) -> None:
+    """Workers' encoded frames that were never renamed into place."""
+    for stale in out.glob(".frame-*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _remove_orphans(out: Path, listed: set[str]) -> None:
-    """Delete images and temp files under split dirs that the manifest does not list."""
+    """Delete images and temp files that the manifest does not list (an interrupted run's)."""
+    _remove_frame_temps(out)
     for split in SPLITS:
         split_dir = out / split
         if not split_dir.is_dir():

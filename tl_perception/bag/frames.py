@@ -8,6 +8,8 @@ place that knows ROS encodings.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +33,7 @@ class FrameResult:
     height: int = 0
     sha256: str = ""
     phash: int = 0
-    encoded: bytes = b""
+    tmp_path: str = ""  # the encoded image, written by the worker under a hidden temp name
 
 
 def message_fields(msg: Any) -> tuple[Any, ...]:
@@ -41,8 +43,14 @@ def message_fields(msg: Any) -> tuple[Any, ...]:
     return ("compressed", msg.format, msg.data)
 
 
-def process_frame(fields: tuple[Any, ...], crop: Crop | None, fmt: str) -> FrameResult:
-    """Decode, crop, hash and encode one frame; a bad frame returns a skip reason, never raises."""
+def process_frame(
+    fields: tuple[Any, ...], crop: Crop | None, fmt: str, tmp_dir: str
+) -> FrameResult:
+    """Decode, crop, hash, encode and write one frame to a temp file in `tmp_dir`.
+
+    The main process later renames the temp file into place or deletes it (dedup), so encoded
+    images never travel back through a pipe. A bad frame returns a skip reason, never raises.
+    """
     if fields[0] == "raw":
         _, encoding, height, width, step, data, big = fields
         msg = SimpleNamespace(
@@ -64,19 +72,24 @@ def process_frame(fields: tuple[Any, ...], crop: Crop | None, fmt: str) -> Frame
     ok, buf = cv2.imencode(f".{fmt}", bgr, params)
     if not ok:
         return FrameResult(skip="encode_error")
+    fd, tmp_path = tempfile.mkstemp(prefix=".frame-", suffix=".tmp", dir=tmp_dir)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(buf.tobytes())
     return FrameResult(
         skip=None,
         width=int(rgb.shape[1]),
         height=int(rgb.shape[0]),
         sha256=hashlib.sha256(rgb.tobytes()).hexdigest(),
         phash=dhash(rgb),
-        encoded=buf.tobytes(),
+        tmp_path=tmp_path,
     )
 
 
-def process_chunk(chunk: list[tuple[Any, ...]], crop: Crop | None, fmt: str) -> list[FrameResult]:
+def process_chunk(
+    chunk: list[tuple[Any, ...]], crop: Crop | None, fmt: str, tmp_dir: str
+) -> list[FrameResult]:
     """`process_frame` over a chunk (one pickling round trip per chunk, not per frame)."""
-    return [process_frame(fields, crop, fmt) for fields in chunk]
+    return [process_frame(fields, crop, fmt, tmp_dir) for fields in chunk]
 
 
 def init_worker() -> None:

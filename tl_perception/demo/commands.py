@@ -7,9 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def _names(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+from tl_perception.cliutil import comma_list
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -51,13 +49,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     exp.add_argument("dataset", type=Path, help="dataset directory (extract output or a tree)")
     exp.add_argument(
         "--backbones",
-        type=_names,
+        type=comma_list,
         default=["mobilenet_v2"],
         help="comma-separated, optionally NAME:ALPHA (e.g. vgg16,inception_v3,resnet50)",
     )
     exp.add_argument(
         "--strategies",
-        type=_names,
+        type=comma_list,
         default=["feature_extraction", "truncate", "fine_tune", "from_scratch"],
         help="comma-separated from feature_extraction,truncate,fine_tune,from_scratch,auto",
     )

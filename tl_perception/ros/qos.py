@@ -26,30 +26,29 @@ QOS_MODES: tuple[str, ...] = ("auto", "sensor_data", "reliable", "system_default
 INPUT_DEPTH = 5
 
 
+#: (reliability, durability) of each fixed `qos` mode; `auto` starts as best effort (matches any).
+_PRESET_POLICIES = {
+    "auto": (qos_profile_sensor_data.reliability, qos_profile_sensor_data.durability),
+    "sensor_data": (qos_profile_sensor_data.reliability, qos_profile_sensor_data.durability),
+    "reliable": (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE),
+    "system_default": (
+        qos_profile_system_default.reliability,
+        qos_profile_system_default.durability,
+    ),
+}
+
+
 def preset_profile(mode: str) -> QoSProfile:
-    """The fixed profile of a `qos` parameter value; `auto` starts as best effort (matches any)."""
-    if mode in ("auto", "sensor_data"):
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=INPUT_DEPTH,
-            reliability=qos_profile_sensor_data.reliability,
-            durability=qos_profile_sensor_data.durability,
-        )
-    if mode == "reliable":
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=INPUT_DEPTH,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.VOLATILE,
-        )
-    if mode == "system_default":
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=INPUT_DEPTH,
-            reliability=qos_profile_system_default.reliability,
-            durability=qos_profile_system_default.durability,
-        )
-    raise ValueError(f"unknown qos mode {mode!r}; use one of {', '.join(QOS_MODES)}")
+    """The input profile of a `qos` parameter value (keep last `INPUT_DEPTH`)."""
+    if mode not in _PRESET_POLICIES:
+        raise ValueError(f"unknown qos mode {mode!r}; use one of {', '.join(QOS_MODES)}")
+    reliability, durability = _PRESET_POLICIES[mode]
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=INPUT_DEPTH,
+        reliability=reliability,
+        durability=durability,
+    )
 
 
 def match_publishers(offered: Sequence[Any]) -> QoSProfile | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tl_perception.cliutil import comma_list
+
 KIND_CHOICES = ("signs", "vehicles")
 STORAGE_CHOICES = ("mcap", "sqlite3", "ros1")
 
@@ -16,10 +18,6 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected WxH such as 160x120, got {text!r}") from err
     return width, height
-
-
-def parse_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -36,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--kind", choices=KIND_CHOICES, default="signs")
     parser.add_argument("--frames", type=int, default=300, help="number of camera frames")
     parser.add_argument(
-        "--classes", type=parse_list, default=None, help="comma-separated subset of the classes"
+        "--classes", type=comma_list, default=None, help="comma-separated subset of the classes"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=parse_size, default=(160, 120), help="WxH (160x120)")

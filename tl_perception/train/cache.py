@@ -3,8 +3,8 @@
 Features are global-average-pooled outputs of a frozen base (BatchNorm in inference mode), so a
 head trained on them is exactly the head of the end-to-end model. A cache directory is keyed by
 everything that changes the features: backbone, alpha, the sha256 of the base's weights, the
-layer, the input size; inside it each file is keyed by the image's content hash and the view
-(0 = the image itself, 1..K = seeded augmented views). Files are written atomically.
+layer, the input size; inside it vectors are keyed by the image's content hash and the view
+(0 = the image itself, 1..K = seeded augmented views), in shards written atomically.
 """
 
 from __future__ import annotations
@@ -33,31 +33,50 @@ class CacheStats:
 
 
 class FeatureCache:
-    """One directory of `.npy` feature vectors for one (network, layer, input size)."""
+    """Feature vectors for one (network, layer, input size), stored as shards.
+
+    Each shard is one `.npz` (content hashes + a float32 matrix) written atomically for a batch
+    of computed views: thousands of images cost a handful of files, not one file each, which
+    keeps the first (cache-filling) run close to a single pass through the base. Shards are read
+    into an in-memory index once per view; a damaged shard is ignored and its views recomputed.
+    """
 
     def __init__(self, root: Path, key: Mapping[str, Any]) -> None:
         self.key = dict(key)
         text = json.dumps(self.key, sort_keys=True)
         self.dir = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:32]
+        self._index: dict[str, dict[str, np.ndarray]] = {}
 
-    def _path(self, content_hash: str, view: str) -> Path:
-        return self.dir / content_hash[:2] / f"{content_hash}-{view}.npy"
+    def _view_index(self, view: str) -> dict[str, np.ndarray]:
+        if view not in self._index:
+            index: dict[str, np.ndarray] = {}
+            for shard in sorted((self.dir / view).glob("*.npz")):
+                try:
+                    with np.load(shard, allow_pickle=False) as data:
+                        index.update(zip(data["hashes"].tolist(), data["features"], strict=True))
+                except (OSError, ValueError, KeyError):
+                    continue
+            self._index[view] = index
+        return self._index[view]
 
     def load(self, content_hash: str, view: str) -> np.ndarray | None:
-        path = self._path(content_hash, view)
-        if not path.is_file():
-            return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a damaged entry is recomputed
+        return self._view_index(view).get(content_hash)
 
-    def save(self, content_hash: str, view: str, vector: np.ndarray) -> None:
+    def save_many(self, hashes: Sequence[str], view: str, vectors: np.ndarray) -> None:
+        """Store one shard holding `vectors[i]` for `hashes[i]`."""
+        if not hashes:
+            return
         if not (self.dir / "key.json").is_file():
             atomic_write_json(self.dir / "key.json", self.key)
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(hashes), -1)
         buffer = io.BytesIO()
-        np.save(buffer, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-        atomic_write_bytes(self._path(content_hash, view), buffer.getvalue())
+        np.savez(buffer, hashes=np.asarray(hashes, dtype=str), features=matrix)
+        name = hashlib.sha256("".join(hashes).encode()).hexdigest()[:24]
+        atomic_write_bytes(self.dir / view / f"{name}.npz", buffer.getvalue())
+        self._view_index(view).update(zip(hashes, matrix, strict=True))
+
+    def save(self, content_hash: str, view: str, vector: np.ndarray) -> None:
+        self.save_many([content_hash], view, np.asarray(vector)[None])
 
 
 def view_name(view: int, augment: str) -> str:
@@ -109,11 +128,12 @@ def cached_features(
         outputs = extractor.predict(batch, batch_size=batch_size, verbose=0)
         if not isinstance(outputs, dict):
             outputs = {names[0]: outputs}
+        missing_hashes = [hashes[i] for i in missing]
         for n in names:
+            vectors = np.asarray(outputs[n], dtype=np.float32)
+            caches[n].save_many(missing_hashes, tag, vectors)
             for row, i in enumerate(missing):
-                vector = np.asarray(outputs[n][row], dtype=np.float32)
-                caches[n].save(hashes[i], tag, vector)
-                result[n][view][i] = vector
+                result[n][view][i] = vectors[row]
         stats.computed += len(missing)
     if not hashes:
         return {n: np.zeros((views + 1, 0, 0), dtype=np.float32) for n in names}
