@@ -241,3 +241,46 @@ def test_cli_extract_prints_summary(tmp_path, capsys):
     assert (
         sorted(p.suffix for p in (tmp_path / "o" / "train" / "unlabeled").iterdir()) == [".jpg"] * 2
     )
+
+
+VISION_MSGS = {
+    "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "vision_msgs/msg/Classification": (
+        "std_msgs/Header header\nvision_msgs/ObjectHypothesis[] results\n"
+    ),
+}
+
+
+def test_label_topic_of_vision_msgs_classification_takes_the_best_result(tmp_path):
+    """A classifier's recorded output labels frames by its top-scoring class."""
+    from rosbags.rosbag2 import StoragePlugin
+    from rosbags.rosbag2 import Writer as Writer2
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from tl_perception.images import image_fields
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    for name, text in VISION_MSGS.items():
+        store.register(get_types_from_msg(text, name))
+    types = store.types
+    bag = tmp_path / "vision"
+    with Writer2(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        cam = writer.add_connection("/cam", "sensor_msgs/msg/Image", typestore=store)
+        cls = writer.add_connection("/cls", "vision_msgs/msg/Classification", typestore=store)
+        for i in range(6):
+            t_ns = T0 + i * SEC // 10
+            stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // SEC, nanosec=t_ns % SEC)
+            header = types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera")
+            best = "stop" if i < 3 else "yield"
+            results = [
+                types["vision_msgs/msg/ObjectHypothesis"](class_id="other", score=0.1),
+                types["vision_msgs/msg/ObjectHypothesis"](class_id=best, score=0.9),
+            ]
+            label_msg = types["vision_msgs/msg/Classification"](header=header, results=results)
+            writer.write(cls, t_ns - 1000, store.serialize_cdr(label_msg, cls.msgtype))
+            fields = image_fields(pattern(i), "rgb8")
+            fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
+            image = types["sensor_msgs/msg/Image"](header=header, **fields)
+            writer.write(cam, t_ns, store.serialize_cdr(image, cam.msgtype))
+    report = run([bag], tmp_path / "out", LabelSpec("topic", topic="/cls"))
+    assert report.kept == Counter({("stop", "train"): 3, ("yield", "train"): 3})
