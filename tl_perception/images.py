@@ -44,22 +44,10 @@ RAW_ENCODINGS: tuple[str, ...] = (
     "yuyv",
     "yuv422_yuy2",
 )
-#: Encodings `rgb_to_raw` can produce (for test publishers and synthetic bags).
-ENCODABLE: tuple[str, ...] = (
-    "rgb8",
-    "bgr8",
-    "rgba8",
-    "bgra8",
-    "mono8",
-    "mono16",
-    "bayer_rggb8",
-    "bayer_bggr8",
-    "bayer_gbrg8",
-    "bayer_grbg8",
-    "yuv422",
-    "uyvy",
-    "yuyv",
-    "yuv422_yuy2",
+#: Encodings `rgb_to_raw` can produce (for test publishers and synthetic bags): all the 8-bit
+#: ones and mono16.
+ENCODABLE: tuple[str, ...] = tuple(
+    e for e in RAW_ENCODINGS if not e.endswith("16") or e == "mono16"
 )
 COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
 
