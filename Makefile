@@ -35,8 +35,10 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tl-perception demo
 
-bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+bench: $(STAMP)  # results go to docs/performance.md by hand; each takes 2-4 minutes
+	$(BIN)/python bench/bench_node.py
+	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_feature_cache.py
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info
