@@ -118,12 +118,20 @@ def raw_to_rgb(
 
 def compressed_to_rgb(data: Any, fmt: str = "") -> np.ndarray:
     """Decode JPEG/PNG bytes (any channel count or depth) to RGB uint8."""
-    buf = np.frombuffer(data, dtype=np.uint8)
+    return _decode_rgb(
+        np.frombuffer(data, dtype=np.uint8),
+        empty=f"empty compressed image (format {fmt!r})",
+        corrupt=f"corrupt or unsupported compressed image (format {fmt!r})",
+    )
+
+
+def _decode_rgb(buf: np.ndarray, *, empty: str, corrupt: str) -> np.ndarray:
+    """cv2.imdecode to RGB; the messages say what the bytes were (message or file)."""
     if buf.size == 0:
-        raise ImageDecodeError(f"empty compressed image (format {fmt!r})")
+        raise ImageDecodeError(empty)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
-        raise ImageDecodeError(f"corrupt or unsupported compressed image (format {fmt!r})")
+        raise ImageDecodeError(corrupt)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -216,12 +224,9 @@ def _rgb_to_yuv422(rgb: np.ndarray, uyvy: bool) -> np.ndarray:
 def read_image_file(path: str | Path) -> np.ndarray:
     """Read a PNG, JPEG, BMP or PPM file as RGB uint8; ImageDecodeError if unreadable."""
     data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else np.empty(0, np.uint8)
-    if data.size == 0:
-        raise ImageDecodeError(f"{path}: missing or empty image file")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise ImageDecodeError(f"{path}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _decode_rgb(
+        data, empty=f"{path}: missing or empty image file", corrupt=f"{path}: not a readable image"
+    )
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -230,6 +235,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     INTER_AREA when shrinking (no aliasing), INTER_LINEAR when growing.
     """
     height, width = size
+    rgb = np.ascontiguousarray(rgb)  # e.g. the RGB view of an RGBA frame
     if rgb.shape[:2] == (height, width):
         return rgb
     shrinking = rgb.shape[0] * rgb.shape[1] > height * width

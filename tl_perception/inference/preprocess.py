@@ -1,17 +1,17 @@
 """Turn camera frames of any size and channel layout into the model's uint8 input batch.
 
-The network carries its own normalisation, so the only work left outside it is the one resize
-(OpenCV, area interpolation when shrinking so small signs keep their colour) and channel fixing.
+The network carries its own normalisation, so the only work left outside it is channel fixing and
+the one resize, `images.resize_rgb`: the same function the trainer uses, so no preprocessing skew.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from tl_perception.errors import ImageDecodeError
+from tl_perception.images import resize_rgb
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -43,16 +43,6 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize RGB to (H, W) once: INTER_AREA when shrinking, INTER_LINEAR when growing."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return np.ascontiguousarray(image)
-    shrinking = image.shape[0] * image.shape[1] > height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interpolation)
-
-
 def make_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """Stack images of any size into an (N, H, W, 3) uint8 batch at the model's input size."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -61,5 +51,5 @@ def make_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarra
         return np.zeros((0, size[0], size[1], 3), dtype=np.uint8)
     batch = np.empty((len(images), size[0], size[1], 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        batch[i] = resize_to(to_rgb(image), size)
+        batch[i] = resize_rgb(to_rgb(image), size)
     return batch
