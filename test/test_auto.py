@@ -124,7 +124,7 @@ def test_probe_on_near_duplicate_sequences_is_not_fooled() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 40)
     groups = [f"run{i // 8}" for i in range(len(labels))]
-    centers = {g: rng.normal(size=16) for g in set(groups)}
+    centers = {g: rng.normal(size=16) for g in sorted(set(groups))}
     features = np.stack([centers[g] + 0.01 * rng.normal(size=16) for g in groups])
     leaky = linear_probe(features, labels)
     honest = linear_probe(features, labels, groups=groups)
