@@ -2,12 +2,14 @@
 
 Each harness owns its own rclpy Context and a SingleThreadedExecutor spun in a thread, so tests do
 not share ROS state; every wait has a deadline so a broken node fails a test instead of hanging it.
+The probe reads the node's output in either format (`output_format`, resolved like the node's:
+vision_msgs where it imports) and keeps each result as the JSON body's dict, so one assertion
+fits both.
 """
 
 from __future__ import annotations
 
 import array
-import json
 import os
 import subprocess
 import sys
@@ -24,11 +26,15 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
 
 from tl_perception.images import image_fields, rgb_to_compressed
+from tl_perception.ros.messages import (
+    classification_to_dict,
+    classification_type,
+    resolve_output_format,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = Path(sys.executable).parent / "classifier_node"
@@ -74,9 +80,14 @@ class Probe:
         namespace: str = "",
         reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE,
         image_topic: str = "image",
+        output_format: str = "auto",
     ) -> None:
-        """`namespace`: the node's namespace (its topics); `image_topic` is relative to it."""
+        """`namespace`: the node's namespace (its topics); `image_topic` is relative to it.
+
+        `output_format`: the node's; with vision_msgs the probe also keeps the latched LabelInfo.
+        """
         node_namespace = namespace
+        self.output_format = resolve_output_format(output_format)
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = Node("probe", context=self.context)
@@ -90,12 +101,28 @@ class Probe:
         )
         self._lock = threading.Lock()
         self.results: list[dict[str, Any]] = []
+        self.messages: list[Any] = []  # the classification messages as received
+        self.label_infos: list[Any] = []
         self.diagnostics: list[dict[str, str]] = []
         self.overlays: list[Image] = []
         ns = self._ns = node_namespace.rstrip("/")
         self.node.create_subscription(
-            String, f"{ns}/classification", self._on_result, QoSProfile(depth=500)
+            classification_type(self.output_format),
+            f"{ns}/classification",
+            self._on_result,
+            QoSProfile(depth=500),
         )
+        if self.output_format == "vision_msgs":
+            from vision_msgs.msg import LabelInfo
+
+            latched = QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            )
+            self.node.create_subscription(
+                LabelInfo, f"{ns}/label_info", self._on_label_info, latched
+            )
         self.node.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50)
         )
@@ -112,9 +139,15 @@ class Probe:
             except Exception:  # context shut down under us
                 return
 
-    def _on_result(self, msg: String) -> None:
+    def _on_result(self, msg: Any) -> None:
+        body = classification_to_dict(msg)
         with self._lock:
-            self.results.append(json.loads(msg.data))
+            self.messages.append(msg)
+            self.results.append(body)
+
+    def _on_label_info(self, msg: Any) -> None:
+        with self._lock:
+            self.label_infos.append(msg)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         with self._lock:
@@ -147,6 +180,16 @@ class Probe:
             except AssertionError:
                 continue
         raise AssertionError(f"no classification for the frame stamped {sec} within {timeout} s")
+
+    def message_for(self, sec: int) -> Any:
+        """The classification message (either format) answering the frame stamped `sec`."""
+        with self._lock:
+            pairs = zip(self.messages, self.results, strict=True)
+            return next((m for m, r in pairs if r["header"]["stamp"]["sec"] == sec), None)
+
+    def latest_label_info(self) -> Any:
+        with self._lock:
+            return self.label_infos[-1] if self.label_infos else None
 
     def latest_diagnostics(self) -> dict[str, str] | None:
         with self._lock:

@@ -1,5 +1,6 @@
 """`synth` writes real, reproducible bags whose label topic describes exactly the frames that show
-an object (read back with rosbags and with our own extractor)."""
+an object (read back with rosbags and with our own extractor); road drives carry ground-truth
+boxes that match the rendered pixels and a simulated detector's noisy boxes."""
 
 from __future__ import annotations
 
@@ -11,15 +12,29 @@ from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
 from tl_perception.cli import main
+from tl_perception.crop import Box
 from tl_perception.errors import TlPerceptionError
 from tl_perception.images import message_to_rgb
+from tl_perception.msgdefs import VISION_MSGS
+from tl_perception.synth.detector import DetectorNoise, SimulatedDetector
 from tl_perception.synth.drive import plan_drive
+from tl_perception.synth.road import (
+    ROAD_CLASSES,
+    TruthObject,
+    plan_road,
+    render_road_frame,
+    road_frames,
+)
 from tl_perception.synth.signs import SIGN_CLASSES, draw_sign
 from tl_perception.synth.writer import (
     COMPRESSED_TOPIC,
+    DETECTIONS_TOPIC,
+    DETECTOR_LATENCY_NS,
     IMAGE_TOPIC,
     LABEL_LEAD_NS,
     LABEL_TOPIC,
+    TRUTH_TOPIC,
+    SynthSummary,
     write_synthetic_bag,
 )
 
@@ -155,3 +170,236 @@ def test_cli_synth_then_extract_recovers_the_label_runs(tmp_path: Path, capsys) 
     assert main([*args, "--no-progress"]) == 0
     counts = {d.name: len(list(d.glob("*.png"))) for d in (out / "train").iterdir()}
     assert counts == summary.frames_per_class()
+
+
+# --- road scenes: several objects per frame, ground-truth boxes and a simulated detector ---
+
+ROAD_SIZE_SMALL = (320, 240)
+
+
+def raw_messages(path: Path) -> dict[str, list[tuple[int, bytes]]]:
+    """topic -> [(log time, serialised bytes)]: what two bags must share to be identical."""
+    out: dict[str, list[tuple[int, bytes]]] = {}
+    with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
+        for conn, t_ns, raw in reader.messages():
+            out.setdefault(conn.topic, []).append((t_ns, bytes(raw)))
+    return out
+
+
+def stamp_ns(header) -> int:
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
+def as_box(detection) -> Box:
+    return Box.from_bbox(detection.bbox)
+
+
+def nominal_truth(plan, frame: int) -> list[TruthObject]:
+    """Truth boxes from the plan's geometry, without rendering (fast, for rate statistics)."""
+    vp = plan.segment_of(frame).vanishing_point
+    out = []
+    for track in plan.tracks_in(frame):
+        x0, y0, x1, y1 = track.extent(frame, vp)
+        out.append(
+            TruthObject(
+                track.id, track.label, track.category, Box.from_xywh(x0, y0, x1 - x0, y1 - y0)
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def road_bag(tmp_path_factory) -> tuple[Path, SynthSummary]:
+    path = tmp_path_factory.mktemp("road") / "road"
+    summary = write_synthetic_bag(
+        path,
+        kind="road",
+        frames=40,
+        seed=5,
+        size=ROAD_SIZE_SMALL,
+        detector_noise=DetectorNoise(miss=0.2, false_positives=0.5, jitter=0.05),
+    )
+    return path, summary
+
+
+def test_road_bag_has_camera_truth_and_detections_with_the_images_headers(road_bag) -> None:
+    path, summary = road_bag
+    topics = read_back(path)
+    assert set(topics) == {IMAGE_TOPIC, TRUTH_TOPIC, DETECTIONS_TOPIC}
+    assert summary.label_topic is None and summary.road is not None
+    images, truths, dets = topics[IMAGE_TOPIC], topics[TRUTH_TOPIC], topics[DETECTIONS_TOPIC]
+    assert len(images) == len(truths) == len(dets) == 40
+    for (t_img, img), (t_truth, truth), (t_det, det) in zip(images, truths, dets, strict=True):
+        assert message_to_rgb(img).shape == (240, 320, 3)
+        assert t_truth == t_img and t_det == t_img + DETECTOR_LATENCY_NS
+        for array in (truth, det):
+            assert array.header == img.header  # stamp and frame_id exactly
+            assert all(d.header == img.header for d in array.detections)
+        for d in truth.detections:
+            assert len(d.results) == 1 and d.results[0].hypothesis.score == 1.0
+            assert d.results[0].hypothesis.class_id in ROAD_CLASSES and d.id.startswith("obj-")
+        for d in det.detections:
+            assert d.results[0].hypothesis.class_id in ("sign", "vehicle")
+            assert 0.3 <= d.results[0].hypothesis.score < 1.0
+    boxes = sum(len(m.detections) for _t, m in truths)
+    assert boxes == summary.road.truth_boxes > 20
+    found = sum(len(m.detections) for _t, m in dets)
+    assert found == summary.road.detected + summary.road.false_positives
+
+
+def test_truth_boxes_are_tight_around_the_rendered_objects(road_bag) -> None:
+    """The bag's pixels and boxes are the renderer's; each box holds its object's pixels and
+    little of it spills out (the empty road under the same noise isolates the objects)."""
+    path, summary = road_bag
+    topics = read_back(path)
+    plan = plan_road(ROAD_CLASSES, 40, 5, ROAD_SIZE_SMALL)
+    assert plan.tracks == summary.road.tracks
+    checked = 0
+    for index in (3, 12, 21, 30, 39):
+        full = render_road_frame(plan, index)
+        empty = render_road_frame(plan, index, draw_objects=False)
+        np.testing.assert_array_equal(message_to_rgb(topics[IMAGE_TOPIC][index][1]), full.rgb)
+        written = topics[TRUTH_TOPIC][index][1].detections
+        assert [(d.id, as_box(d)) for d in written] == [(t.id, t.box) for t in full.truth]
+        assert empty.truth == []
+        changed = np.abs(full.rgb.astype(int) - empty.rgb.astype(int)).max(axis=2) > 25
+        for obj in full.truth:
+            x0, y0, w, h = (int(v) for v in obj.box.to_xywh())
+            assert x0 >= 0 and y0 >= 0 and x0 + w <= 320 and y0 + h <= 240
+            assert changed[y0 : y0 + h, x0 : x0 + w].mean() > 0.4, obj
+            # 2 px bands left, right and above the box, one pixel off it (anti-aliased, blurred
+            # edges); a sign's pole leaves it downwards.
+            bands = [
+                changed[y0 : y0 + h, max(x0 - 3, 0) : max(x0 - 1, 0)],
+                changed[y0 : y0 + h, x0 + w + 1 : x0 + w + 3],
+                changed[max(y0 - 3, 0) : max(y0 - 1, 0), x0 : x0 + w],
+            ]
+            outside = np.concatenate([b.ravel() for b in bands])
+            assert outside.size == 0 or outside.mean() < 0.15, obj
+            checked += 1
+    assert checked >= 5
+
+
+def test_road_tracks_are_contiguous_runs_of_one_class_that_grow() -> None:
+    plan = plan_road(ROAD_CLASSES, 120, seed=2, size=(320, 240))
+    seen: dict[str, list[tuple[int, TruthObject]]] = {}
+    signs_in_view = []
+    for frame in road_frames(plan):
+        signs_in_view.append(sum(1 for t in frame.truth if t.category == "sign"))
+        for obj in frame.truth:
+            seen.setdefault(obj.id, []).append((frame.index, obj))
+    assert set(signs_in_view) <= {0, 1, 2, 3, 4} and 0 in signs_in_view
+    assert max(signs_in_view) >= 2
+    assert {t.id for t in plan.tracks} == set(seen)
+    for track in plan.tracks:
+        frames = [i for i, _obj in seen[track.id]]
+        assert frames == list(track.frames()), track.id  # one contiguous run, no gaps
+        assert {obj.label for _i, obj in seen[track.id]} == {track.label}
+        heights = [obj.box.size_y for _i, obj in seen[track.id]]
+        if track.category == "sign":
+            assert heights[-1] > heights[0] and min(heights) >= 12 and max(heights) <= 100
+    assert "sign" in {t.category for t in plan.tracks}
+    assert {t.category for t in plan_road(ROAD_CLASSES, 400, 0, (320, 240)).tracks} == {
+        "sign",
+        "vehicle",
+    }
+
+
+def test_detector_noise_gives_about_the_requested_miss_and_false_positive_rates() -> None:
+    plan = plan_road(ROAD_CLASSES, 400, seed=3, size=(640, 480))
+    noise = DetectorNoise(miss=0.3, false_positives=1.0, jitter=0.05)
+    detector = SimulatedDetector.plan(noise, 3, (640, 480), 400)
+    truth_total = missed = fps = 0
+    offsets = []
+    for index in range(400):
+        truth = nominal_truth(plan, index)
+        found = detector.detect(index, truth)
+        by_id = {d.id: d for d in found}
+        assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
+        for obj in truth:
+            truth_total += 1
+            if obj.id not in by_id:
+                missed += 1
+                continue
+            got = by_id[obj.id]
+            assert got.class_id == obj.category  # the detector's category, never the class
+            offsets.append(abs(got.box.to_xywh()[0] - obj.box.to_xywh()[0]) / obj.box.size_x)
+        for d in found:
+            if d.id.startswith("fp-"):
+                fps += 1
+                assert d.class_id == "sign"
+                x, y, w, h = d.box.to_xywh()
+                eps = 1e-9  # centre/size <-> corner arithmetic in float64
+                assert x >= -eps and y >= -eps and x + w <= 640 + eps and y + h <= 480 + eps
+                assert not any(_overlaps(d.box, obj.box) for obj in truth)
+    assert truth_total > 500
+    assert 0.25 < missed / truth_total < 0.35
+    assert 0.7 < fps / 400 < 1.15  # a few firings are suppressed where an object stands
+    assert 0.03 < float(np.mean(offsets)) < 0.05  # E|N(0, 0.05)| = 0.04
+
+
+def test_zero_noise_detects_every_true_box_exactly() -> None:
+    plan = plan_road(ROAD_CLASSES, 60, seed=4, size=(640, 480))
+    detector = SimulatedDetector.plan(DetectorNoise(), 4, (640, 480), 60)
+    for index in range(60):
+        truth = nominal_truth(plan, index)
+        found = detector.detect(index, truth)
+        assert sorted((d.id, d.box) for d in found) == sorted((t.id, t.box) for t in truth)
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    ax, ay, aw, ah = a.to_xywh()
+    bx, by, bw, bh = b.to_xywh()
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+def test_noise_levels_and_rates_parse() -> None:
+    assert DetectorNoise.parse("1") == DetectorNoise(miss=0.2, false_positives=0.5, jitter=0.08)
+    assert DetectorNoise.parse("0") == DetectorNoise()
+    assert DetectorNoise.parse("miss=0.1, fp=2") == DetectorNoise(miss=0.1, false_positives=2)
+    for bad, message in (
+        ("loud", "expected a level"),
+        ("miss=2", "miss must be in"),
+        ("misses=0.1", "unknown rate 'misses'"),
+        ("-1", "level must be in"),
+    ):
+        with pytest.raises(TlPerceptionError, match=message):
+            DetectorNoise.parse(bad)
+
+
+def test_road_drives_are_deterministic_for_a_seed(tmp_path: Path) -> None:
+    def make(name: str, seed: int) -> dict[str, list[tuple[int, bytes]]]:
+        write_synthetic_bag(tmp_path / name, kind="road", frames=12, seed=seed, size=(128, 96))
+        return raw_messages(tmp_path / name)
+
+    a, b, c = make("a", 9), make("b", 9), make("c", 10)
+    assert a == b
+    assert a[IMAGE_TOPIC] != c[IMAGE_TOPIC]
+
+
+def test_cli_synth_road_and_its_option_errors(tmp_path: Path, capsys) -> None:
+    bag = str(tmp_path / "road")
+    args = ["synth", bag, "--kind", "road", "--frames", "15", "--size", "128x96"]
+    assert main([*args, "--detector-noise", "miss=0.5,fp=1", "--compressed"]) == 0
+    out = capsys.readouterr().out
+    assert "on /detections/truth" in out and "false positives" in out
+    assert set(read_back(tmp_path / "road")) == {COMPRESSED_TOPIC, TRUTH_TOPIC, DETECTIONS_TOPIC}
+    assert main(["synth", str(tmp_path / "s"), "--detector-noise", "0.5"]) == 2
+    assert "--kind road only" in capsys.readouterr().err
+    assert main([*args[:1], str(tmp_path / "r.bag"), *args[2:], "--storage", "ros1"]) == 2
+    assert "needs rosbag2" in capsys.readouterr().err
+    assert main([*args[:1], str(tmp_path / "t"), *args[2:6], "--size", "40x30"]) == 2
+    with pytest.raises(SystemExit):
+        main([*args, "--detector-noise", "loud"])
+
+
+def test_vision_msgs_text_matches_the_interfaces_package() -> None:
+    """msgdefs is the rosbags copy of interfaces/vision_msgs: they must not drift apart."""
+    root = Path(__file__).resolve().parents[1] / "interfaces" / "vision_msgs" / "msg"
+    if not root.is_dir():
+        pytest.skip("interfaces/vision_msgs is not in this checkout")
+    for name, text in VISION_MSGS.items():
+        lines = (root / f"{name.rsplit('/', 1)[1]}.msg").read_text().splitlines()
+        body = [ln.split("#", 1)[0].strip() for ln in lines]
+        body = [" ".join(ln.split()) for ln in body if ln]
+        assert body == text.strip().splitlines(), name

@@ -1,15 +1,14 @@
 """Record what a running `classifier_node` publishes while a bag plays to it (the demo's live run).
 
-The collector subscribes to the node's `classification` (vision_msgs/Classification where
-vision_msgs imports, the node's JSON-in-String twin otherwise), to the camera topic (to time
-each image's arrival) and to `/diagnostics`. Latency is measured here as image arrival ->
-classification arrival on one clock, because a replayed bag carries its recorded header stamps,
-which are far in the past.
+The collector subscribes to the node's `classification` in whichever format the node publishes
+(vision_msgs/Classification or its JSON-in-String twin: the type is read from the graph once the
+node is up), to the camera topic (to time each image's arrival) and to `/diagnostics`. Latency is
+measured here as image arrival -> classification arrival on one clock, because a replayed bag
+carries its recorded header stamps, which are far in the past.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from tl_perception.errors import TlPerceptionError
-from tl_perception.ros.messages import classification_type, resolve_output_format
+from tl_perception.ros.messages import (
+    classification_to_dict,
+    classification_type,
+    format_of_type,
+)
 from tl_perception.ros.play import PlayOptions, play
 
 SEC = 1_000_000_000
@@ -55,22 +58,27 @@ class _Collector(Node):
     def __init__(self, image_topic: str, classification_topic: str) -> None:
         super().__init__("tl_perception_collect")
         self._lock = threading.Lock()
-        self.output_format = resolve_output_format("auto")
+        self.output_format = ""  # set by subscribe_results, from the node's publisher
+        self._classification_topic = classification_topic
+        self._reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         self.image_arrival: dict[int, int] = {}
         self.records: list[LiveRecord] = []
         self.diagnostics: dict[str, str] = {}
         self.diagnostics_at = 0.0
         self.last_result_at = 0.0
-        reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         image_type = CompressedImage if image_topic.endswith("/compressed") else Image
-        self.create_subscription(image_type, image_topic, self._on_image, reliable)
+        self.create_subscription(image_type, image_topic, self._on_image, self._reliable)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def subscribe_results(self, type_name: str) -> None:
+        """Subscribe `classification` with the type the node publishes (either format)."""
+        self.output_format = format_of_type(type_name)
         self.create_subscription(
             classification_type(self.output_format),
-            classification_topic,
+            self._classification_topic,
             self._on_result,
-            reliable,
+            self._reliable,
         )
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def _on_image(self, msg: Any) -> None:
         stamp = msg.header.stamp.sec * SEC + msg.header.stamp.nanosec
@@ -97,13 +105,7 @@ class _Collector(Node):
 
 def parse_classification(msg: Any) -> tuple[int, str, float]:
     """(image stamp ns, top-1 class, score) from vision_msgs/Classification or its JSON twin."""
-    if hasattr(msg, "results") and hasattr(msg, "header"):
-        stamp = msg.header.stamp.sec * SEC + msg.header.stamp.nanosec
-        if not msg.results:
-            return stamp, "", 0.0
-        best = max(msg.results, key=lambda h: h.score)
-        return stamp, str(best.class_id), float(best.score)
-    body = json.loads(msg.data)
+    body = classification_to_dict(msg)
     stamp = body["header"]["stamp"]["sec"] * SEC + body["header"]["stamp"]["nanosec"]
     results = body.get("results") or []
     if not results:
@@ -172,13 +174,16 @@ def run_live(
 
 
 def _wait_ready(
-    collector: Node,
+    collector: _Collector,
     image_topic: str,
     classification_topic: str,
     node_alive: Callable[[], bool],
     timeout_s: float,
 ) -> None:
-    """The node subscribes to images only once its model is loaded: that is 'ready'."""
+    """The node subscribes to images only once its model is loaded: that is 'ready'.
+
+    Then the collector subscribes to its results with the type the node's publisher has.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not node_alive():
@@ -186,6 +191,8 @@ def _wait_ready(
         subs = collector.get_subscriptions_info_by_topic(image_topic)
         pubs = collector.get_publishers_info_by_topic(classification_topic)
         if any(s.node_name == CLASSIFIER_NODE_NAME for s in subs) and pubs:
+            ours = [p for p in pubs if p.node_name == CLASSIFIER_NODE_NAME] or pubs
+            collector.subscribe_results(ours[0].topic_type)
             time.sleep(0.5)  # let discovery settle on both ends
             return
         time.sleep(0.2)

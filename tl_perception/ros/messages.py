@@ -1,20 +1,28 @@
 """Node output messages: vision_msgs when installed, otherwise std_msgs/String JSON.
 
-`vision_msgs` is not on PyPI, so the JSON fallback keeps the node usable in a plain virtual
-environment; it carries the same field names (see `results.classification_dict`).
+A ROS install provides vision_msgs; `make venv` builds the same definitions into the virtual
+environment (interfaces/vision_msgs). The JSON fallback is for an environment that has neither
+(or `output_format:=json`); it carries the same field names (see `results.classification_dict`),
+and `classification_to_dict` reads either format, so consumers work with both.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from std_msgs.msg import Header, String
 
 from tl_perception.errors import TlPerceptionError
-from tl_perception.ros.results import Hypotheses, classification_json
+from tl_perception.ros.results import Hypotheses, classification_dict, classification_json
 
 OUTPUT_FORMATS: tuple[str, ...] = ("auto", "vision_msgs", "json")
+# ROS type names of the two `classification` formats, as the graph reports them.
+TYPE_NAMES: dict[str, str] = {
+    "vision_msgs": "vision_msgs/msg/Classification",
+    "json": "std_msgs/msg/String",
+}
 
 
 class NodeConfigError(TlPerceptionError):
@@ -22,7 +30,7 @@ class NodeConfigError(TlPerceptionError):
 
 
 def vision_msgs_available() -> bool:
-    """Whether the vision_msgs Python package can be imported (a sourced ROS 2 install)."""
+    """Whether vision_msgs imports (a sourced ROS 2 install, or built into the venv)."""
     try:
         import vision_msgs.msg  # noqa: F401
     except ImportError:
@@ -42,7 +50,8 @@ def resolve_output_format(requested: str) -> str:
     if requested == "vision_msgs" and not available:
         raise NodeConfigError(
             "output_format 'vision_msgs' needs the vision_msgs package, which cannot be imported; "
-            "install it (apt install ros-$ROS_DISTRO-vision-msgs) or set output_format:=json"
+            "install it (apt install ros-$ROS_DISTRO-vision-msgs; in the virtual environment "
+            "make venv builds it) or set output_format:=json"
         )
     return requested
 
@@ -54,6 +63,25 @@ def classification_type(output_format: str) -> type:
 
         return Classification
     return String
+
+
+def format_of_type(type_name: str) -> str:
+    """`vision_msgs` or `json` for a type name from the graph, so a consumer follows the node."""
+    for output_format, name in TYPE_NAMES.items():
+        if type_name == name:
+            return output_format
+    raise NodeConfigError(
+        f"{type_name!r} is not a classification type ({', '.join(TYPE_NAMES.values())})"
+    )
+
+
+def classification_to_dict(msg: Any) -> dict[str, Any]:
+    """Either format -> the JSON body's dict (`header.stamp.sec/nanosec`, `frame_id`, `results`)."""
+    if isinstance(msg, String):
+        return json.loads(msg.data)
+    stamp = msg.header.stamp
+    results = [(str(h.class_id), float(h.score)) for h in msg.results]
+    return classification_dict(stamp.sec, stamp.nanosec, msg.header.frame_id, results)
 
 
 def build_classification(output_format: str, header: Header, results: Hypotheses) -> Any:

@@ -14,11 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from tl_perception.errors import TlPerceptionError
+from tl_perception.synth.road import ROAD_CLASSES
 from tl_perception.synth.scene import make_look, render_frame
 from tl_perception.synth.signs import SIGN_CLASSES
 from tl_perception.synth.vehicles import VEHICLE_CLASSES
 
-KINDS: dict[str, tuple[str, ...]] = {"signs": SIGN_CLASSES, "vehicles": VEHICLE_CLASSES}
+KINDS: dict[str, tuple[str, ...]] = {
+    "signs": SIGN_CLASSES,
+    "vehicles": VEHICLE_CLASSES,
+    "road": ROAD_CLASSES,  # drawn by synth/road.py: several objects per frame, boxes as truth
+}
 RUN_FRAMES = (10, 20)  # frames an object stays in view (1-2 s at 10 Hz)
 GAP_FRAMES = (2, 6)  # empty road between objects, no label published
 

@@ -44,7 +44,7 @@ def make_look(
 ) -> Look:
     """Draw a new background and, for `label`, the object with its pose and photometrics."""
     width, height = size
-    background, vp = _background(width, height, rng)
+    background, vp = road_background(width, height, rng)
     template = alpha = None
     if label is not None:
         if kind == "signs":
@@ -80,7 +80,7 @@ def make_look(
 
 def render_frame(look: Look, progress: float, rng: np.random.Generator) -> np.ndarray:
     """The frame at `progress` in [0, 1] through the run: RGB uint8."""
-    frame = _zoom(look.background, look.vanishing_point, 1.0 + 0.35 * progress)
+    frame = zoom_about(look.background, look.vanishing_point, 1.0 + 0.35 * progress)
     if look.template is not None and look.alpha is not None:
         frame = _composite(frame, look, progress)
     frame = np.power(np.clip(frame, 0, 255) / 255.0, look.gamma) * 255.0
@@ -137,7 +137,8 @@ def _composite(frame: np.ndarray, look: Look, progress: float) -> np.ndarray:
     return frame * (1.0 - alpha) + obj.astype(np.float32) * alpha
 
 
-def _zoom(image: np.ndarray, centre: tuple[float, float], factor: float) -> np.ndarray:
+def zoom_about(image: np.ndarray, centre: tuple[float, float], factor: float) -> np.ndarray:
+    """The image magnified about `centre`: the road seen from a little further on."""
     matrix = np.array(
         [[factor, 0.0, centre[0] * (1 - factor)], [0.0, factor, centre[1] * (1 - factor)]]
     )
@@ -147,7 +148,7 @@ def _zoom(image: np.ndarray, centre: tuple[float, float], factor: float) -> np.n
     )
 
 
-def _background(
+def road_background(
     width: int, height: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Sky, road with lane markings, verge, buildings and trees; float32 RGB."""

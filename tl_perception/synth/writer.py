@@ -1,19 +1,23 @@
 """Write a synthetic drive as a real bag (rosbag2 MCAP or sqlite3, or ROS 1) with rosbags writers.
 
 Topics: the camera (`sensor_msgs/Image` bgr8 on /camera/image_raw, or `CompressedImage` JPEG on
-/camera/image_raw/compressed) and `/label` (`std_msgs/String`), published 1 ms before each frame
-in which an object is visible, and never during the empty road between objects. Header stamps are
-the recording times; frame_id is "camera". The bag is written beside `out` and renamed into
-place, so an interrupted run never leaves half a bag.
+/camera/image_raw/compressed) and, for `signs` and `vehicles`, `/label` (`std_msgs/String`),
+published 1 ms before each frame in which an object is visible, and never during the empty road
+between objects. For `road` (rosbag2 only), instead of /label, two `vision_msgs/Detection2DArray`
+per frame with the image's header: `/detections/truth` (same log time as the image) and the
+simulated detector's `/detections` (`DETECTOR_LATENCY_NS` later, as a detector answers after the
+camera). Header stamps are the recording times; frame_id is "camera". The bag is written beside
+`out` and renamed into place, so an interrupted run never leaves half a bag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +26,24 @@ import numpy as np
 
 from tl_perception.errors import TlPerceptionError
 from tl_perception.images import image_fields, rgb_to_compressed
+from tl_perception.synth.detector import (
+    DEFAULT_NOISE_LEVEL,
+    Detection,
+    DetectorNoise,
+    SimulatedDetector,
+    truth_detections,
+)
 from tl_perception.synth.drive import Run, drive_frames, plan_drive, resolve_classes
+from tl_perception.synth.road import ROAD_SIZE, Track, check_road_size, plan_road, road_frames
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"
 LABEL_TOPIC = "/label"
+TRUTH_TOPIC = "/detections/truth"
+DETECTIONS_TOPIC = "/detections"
+DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
+DETECTOR_LATENCY_NS = 20_000_000  # /detections follows its image by 20 ms (at most half a period)
+DEFAULT_SIZE = (160, 120)
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3", "ros1")
 START_NS = 1_700_000_000 * 1_000_000_000  # a realistic epoch for the first frame
 LABEL_LEAD_NS = 1_000_000  # the label arrives 1 ms before the frame it describes
@@ -42,21 +59,46 @@ class SynthSummary:
     kind: str
     storage: str
     image_topic: str
-    label_topic: str
+    label_topic: str | None  # None for road drives (their labels are the detections)
     frames: int
     classes: tuple[str, ...]
     runs: tuple[Run, ...] = field(repr=False)
+    road: RoadSummary | None = None
 
     @property
     def labelled_frames(self) -> int:
+        if self.road is not None:
+            return self.road.frames_with_objects
         return sum(r.length for r in self.runs if r.label is not None)
 
     def frames_per_class(self) -> dict[str, int]:
+        """Frames showing each class (road drives: true boxes per class)."""
+        if self.road is not None:
+            return dict(self.road.truth_per_class)
         counts: Counter[str] = Counter()
         for run in self.runs:
             if run.label is not None:
                 counts[run.label] += run.length
         return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class RoadSummary:
+    """What a road drive's two detection topics hold, for scoring and for the CLI's summary."""
+
+    truth_topic: str
+    detections_topic: str
+    noise: DetectorNoise
+    tracks: tuple[Track, ...] = field(repr=False)
+    truth_per_class: tuple[tuple[str, int], ...]
+    frames_with_objects: int
+    detected: int  # true boxes the detector found
+    missed: int
+    false_positives: int
+
+    @property
+    def truth_boxes(self) -> int:
+        return self.detected + self.missed
 
 
 def write_synthetic_bag(
@@ -66,19 +108,75 @@ def write_synthetic_bag(
     frames: int = 300,
     classes: Sequence[str] | None = None,
     seed: int = 0,
-    size: tuple[int, int] = (160, 120),
+    size: tuple[int, int] | None = None,
     rate: float = 10.0,
     compressed: bool = False,
     storage: str = "mcap",
     overwrite: bool = False,
+    detector_noise: DetectorNoise | None = None,
 ) -> SynthSummary:
     """Render a drive and write it to `out` (a rosbag2 directory, or a ROS 1 `.bag` file).
+
+    `size` defaults to 160x120 (640x480 for `road`); `detector_noise` (road only) defaults to
+    `DetectorNoise.from_level(DEFAULT_NOISE_LEVEL)`.
 
     Raises:
         TlPerceptionError: bad options, or `out` exists and `overwrite` is false.
     """
     out = Path(out)
+    road = kind == "road"
+    size = size or (ROAD_SIZE if road else DEFAULT_SIZE)
     chosen = resolve_classes(kind, classes)
+    _check_options(out, storage, rate, size, overwrite)
+    if road:
+        check_road_size(size)
+        if storage == "ros1":
+            raise TlPerceptionError(
+                "--kind road needs rosbag2 (mcap or sqlite3): ROS 1 vision_msgs differ"
+            )
+    elif detector_noise is not None:
+        raise TlPerceptionError("--detector-noise applies to --kind road only")
+    image_topic = COMPRESSED_TOPIC if compressed else IMAGE_TOPIC
+    spec = _Spec(frames, seed, size, round(1e9 / rate), compressed)
+    with _staged(out) as staged, _BagSink(staged, storage, image_topic) as sink:
+        if road:
+            noise = detector_noise or DetectorNoise.from_level(DEFAULT_NOISE_LEVEL)
+            road_summary = _write_road(sink, spec, chosen, noise)
+            runs: list[Run] = []
+        else:
+            runs = plan_drive(chosen, frames, seed)
+            _write_runs(sink, spec, kind, runs)
+            road_summary = None
+    return SynthSummary(
+        path=out,
+        kind=kind,
+        storage=storage,
+        image_topic=image_topic,
+        label_topic=None if road else LABEL_TOPIC,
+        frames=frames,
+        classes=chosen,
+        runs=tuple(runs),
+        road=road_summary,
+    )
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What every kind of drive needs to place its frames in time."""
+
+    frames: int
+    seed: int
+    size: tuple[int, int]
+    period_ns: int
+    compressed: bool
+
+    def stamp(self, index: int) -> int:
+        return START_NS + index * self.period_ns
+
+
+def _check_options(
+    out: Path, storage: str, rate: float, size: tuple[int, int], overwrite: bool
+) -> None:
     if storage not in STORAGES:
         raise TlPerceptionError(f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
     if rate <= 0:
@@ -89,34 +187,64 @@ def write_synthetic_bag(
         raise TlPerceptionError(f"a ROS 1 bag is one file ending in .bag, got OUT {str(out)!r}")
     if out.exists() and not overwrite:
         raise TlPerceptionError(f"{out} already exists; remove it or choose another OUT")
-    runs = plan_drive(chosen, frames, seed)
-    image_topic = COMPRESSED_TOPIC if compressed else IMAGE_TOPIC
-    period_ns = round(1e9 / rate)
 
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A path beside `out` to write to; renamed onto `out` only when the block succeeds."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:
         staged = stage / out.name
-        with _BagSink(staged, storage, image_topic) as sink:
-            for frame in drive_frames(kind, runs, seed, size):
-                t_ns = START_NS + frame.index * period_ns
-                if frame.label is not None:
-                    sink.label(t_ns - LABEL_LEAD_NS, frame.label)
-                sink.image(t_ns, frame.rgb, compressed)
+        yield staged
         if out.exists():
             _remove(out)
         os.replace(staged, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return SynthSummary(
-        path=out,
-        kind=kind,
-        storage=storage,
-        image_topic=image_topic,
-        label_topic=LABEL_TOPIC,
-        frames=frames,
-        classes=chosen,
-        runs=tuple(runs),
+
+
+def _write_runs(sink: _BagSink, spec: _Spec, kind: str, runs: Sequence[Run]) -> None:
+    for frame in drive_frames(kind, runs, spec.seed, spec.size):
+        t_ns = spec.stamp(frame.index)
+        if frame.label is not None:
+            sink.label(t_ns - LABEL_LEAD_NS, frame.label)
+        sink.image(t_ns, frame.rgb, spec.compressed)
+
+
+def _write_road(
+    sink: _BagSink, spec: _Spec, classes: Sequence[str], noise: DetectorNoise
+) -> RoadSummary:
+    plan = plan_road(classes, spec.frames, spec.seed, spec.size)
+    detector = SimulatedDetector.plan(noise, spec.seed, spec.size, spec.frames)
+    latency = min(DETECTOR_LATENCY_NS, spec.period_ns // 2)
+    per_class: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for frame in road_frames(plan):
+        t_ns = spec.stamp(frame.index)
+        sink.image(t_ns, frame.rgb, spec.compressed)
+        sink.detections(TRUTH_TOPIC, t_ns, t_ns, truth_detections(frame.truth))
+        found = detector.detect(frame.index, frame.truth)
+        sink.detections(DETECTIONS_TOPIC, t_ns + latency, t_ns, found)
+        per_class.update(t.label for t in frame.truth)
+        true_ids = {t.id for t in frame.truth}
+        hits = sum(1 for d in found if d.id in true_ids)
+        counts.update(
+            frames_with_objects=bool(frame.truth),
+            detected=hits,
+            missed=len(true_ids) - hits,
+            false_positives=len(found) - hits,
+        )
+    return RoadSummary(
+        truth_topic=TRUTH_TOPIC,
+        detections_topic=DETECTIONS_TOPIC,
+        noise=noise,
+        tracks=plan.tracks,
+        truth_per_class=tuple(sorted(per_class.items())),
+        frames_with_objects=counts["frames_with_objects"],
+        detected=counts["detected"],
+        missed=counts["missed"],
+        false_positives=counts["false_positives"],
     )
 
 
@@ -133,8 +261,10 @@ class _BagSink:
     def __init__(self, path: Path, storage: str, image_topic: str) -> None:
         from rosbags.typesys import Stores, get_typestore
 
+        from tl_perception.msgdefs import ros2_typestore
+
         self._ros1 = storage == "ros1"
-        self._store = get_typestore(Stores.ROS1_NOETIC if self._ros1 else Stores.ROS2_HUMBLE)
+        self._store = get_typestore(Stores.ROS1_NOETIC) if self._ros1 else ros2_typestore()
         self._types = self._store.types
         if self._ros1:
             from rosbags.rosbag1 import Writer as Writer1
@@ -170,15 +300,18 @@ class _BagSink:
         msgtype = "std_msgs/msg/String"
         self._write(LABEL_TOPIC, msgtype, t_ns, self._types[msgtype](data=text))
 
-    def image(self, t_ns: int, rgb: np.ndarray, compressed: bool) -> None:
+    def _header(self, stamp_ns: int, seq: int = 0) -> Any:
         stamp = self._types["builtin_interfaces/msg/Time"](
-            sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000
+            sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000
         )
         header_fields: dict[str, Any] = {"stamp": stamp, "frame_id": FRAME_ID}
         if self._ros1:
-            header_fields["seq"] = self._seq
-            self._seq += 1
-        header = self._types["std_msgs/msg/Header"](**header_fields)
+            header_fields["seq"] = seq
+        return self._types["std_msgs/msg/Header"](**header_fields)
+
+    def image(self, t_ns: int, rgb: np.ndarray, compressed: bool) -> None:
+        header = self._header(t_ns, self._seq)
+        self._seq += 1
         if compressed:
             msgtype = "sensor_msgs/msg/CompressedImage"
             data = np.frombuffer(rgb_to_compressed(rgb, "jpeg", JPEG_QUALITY), dtype=np.uint8)
@@ -189,3 +322,42 @@ class _BagSink:
             fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
             msg = self._types[msgtype](header=header, **fields)
         self._write(self._image_topic, msgtype, t_ns, msg)
+
+    def detections(
+        self, topic: str, t_ns: int, stamp_ns: int, detections: Sequence[Detection]
+    ) -> None:
+        """A Detection2DArray whose header (and each detection's) is the image's header."""
+        types = self._types
+        header = self._header(stamp_ns)
+        items = []
+        for det in detections:
+            box = det.box
+            center = types["vision_msgs/msg/Pose2D"](
+                position=types["vision_msgs/msg/Point2D"](x=box.center_x, y=box.center_y),
+                theta=0.0,
+            )
+            bbox = types["vision_msgs/msg/BoundingBox2D"](
+                center=center, size_x=box.size_x, size_y=box.size_y
+            )
+            result = types["vision_msgs/msg/ObjectHypothesisWithPose"](
+                hypothesis=types["vision_msgs/msg/ObjectHypothesis"](
+                    class_id=det.class_id, score=det.score
+                ),
+                pose=self._empty_pose(),
+            )
+            item = types["vision_msgs/msg/Detection2D"](
+                header=header, results=[result], bbox=bbox, id=det.id
+            )
+            items.append(item)
+        msg = types[DETECTIONS_TYPE](header=header, detections=items)
+        self._write(topic, DETECTIONS_TYPE, t_ns, msg)
+
+    def _empty_pose(self) -> Any:
+        types = self._types
+        pose = types["geometry_msgs/msg/Pose"](
+            position=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
+            orientation=types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+        )
+        return types["geometry_msgs/msg/PoseWithCovariance"](
+            pose=pose, covariance=np.zeros(36, dtype=np.float64)
+        )
