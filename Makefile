@@ -4,15 +4,21 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vision_msgs has no wheel: interfaces/build_vision_msgs.py builds it into the venv (needs cmake
+# and a C/C++ compiler). VISION_MSGS=0 skips that; the node then publishes its JSON fallback.
+VISION_MSGS ?= 1
+INTERFACE_SOURCES := interfaces/build_vision_msgs.py $(wildcard interfaces/vision_msgs/*.*) \
+	$(wildcard interfaces/vision_msgs/msg/*.msg)
 
 .PHONY: venv test test-fast lint format demo bench clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt setup.py $(INTERFACE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@if [ "$(VISION_MSGS)" != 0 ]; then $(BIN)/python interfaces/build_vision_msgs.py; fi
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -27,6 +33,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
