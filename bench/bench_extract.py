@@ -18,8 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
-from bagutil import Msg, write_bag
+from tl_perception.bag.writer import Msg, write_bag
 
 
 def make_bag(path: Path, count: int) -> Path:

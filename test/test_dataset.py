@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
-from bagutil import frames, pattern, write_bag
+from bagutil import frames, pattern
 
 from tl_perception.bag.extract import ExtractOptions, extract
 from tl_perception.bag.plan import LabelSpec
-from tl_perception.dataset import read_dataset, safe_class_dir
+from tl_perception.bag.writer import write_bag
+from tl_perception.dataset import class_dirs, read_dataset, read_manifest, safe_class_dir
 from tl_perception.errors import DatasetError
 
 
@@ -43,8 +45,10 @@ def test_extraction_output_carries_sequence_and_hash(tmp_path):
     bag = write_bag(tmp_path / "b", "mcap", frames("/cam", [pattern(1), pattern(2)]))
     extract(ExtractOptions((bag,), "/cam", tmp_path / "out", LabelSpec("fixed", name="Stop!")))
     index = read_dataset(tmp_path / "out")
-    assert index.has_manifest and index.class_names == ("Stop",)
-    assert {s.sequence for s in index.samples} == {"b:Stop:0"}
+    (cls,) = index.class_names
+    assert index.has_manifest and cls == safe_class_dir("Stop!") and cls.startswith("Stop~")
+    (row, _) = read_manifest(tmp_path / "out")
+    assert {s.sequence for s in index.samples} == {f"{row['bag']}:{cls}:0"}
     assert all(s.sha256 and len(s.sha256) == 64 and s.path.is_file() for s in index.samples)
 
 
@@ -66,11 +70,64 @@ def test_manifest_listing_missing_files_raises(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("label", "slug"),
-    [("../../x", "x"), ("a/b", "a_b"), ("", "unnamed"), ("..", "unnamed"), ("red\x00\n", "red")],
+    ("label", "readable"),
+    [
+        ("stop", "stop"),
+        ("speed_limit_30", "speed_limit_30"),
+        ("стоп", "стоп"),
+        ("停", "停"),
+        ("../../x", "x~"),
+        ("a/b", "a_b~"),
+        ("..", "label~"),
+        ("red\x00\n", "red~"),
+        ("CON", "CON~"),
+        ("nul.txt", "nul.txt~"),
+        ("e\u0301", "é~"),  # not NFC: the NFC spelling "é" is a different label
+    ],
 )
-def test_safe_class_dir_never_escapes(label, slug):
-    assert safe_class_dir(label) == slug
+def test_safe_class_dir_never_escapes_and_keeps_safe_labels(label, readable):
+    name = safe_class_dir(label)
+    if readable.endswith("~"):
+        assert name.startswith(readable) and len(name) == len(readable) + 8
+    else:
+        assert name == readable
+    assert "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+@pytest.mark.parametrize("label", ["", " ", "\t\n"])
+def test_empty_label_names_no_class(label):
+    with pytest.raises(DatasetError, match="empty label"):
+        safe_class_dir(label)
+
+
+LABELS = [
+    "стоп", "СТОП", "停", "止", "stop", "Stop", "STOP", "stop!", "stop?", "../../x", "x", "a/b",
+    "a_b", "a b", "ﬁ", "fi", "é", "e\u0301", "straße", "STRASSE", "CON", "con", "x" * 300,
+    "x" * 300 + "y", "🙂", "🙃", "क्षि", "",
+]  # fmt: skip
+
+
+def test_class_dirs_keep_distinct_labels_distinct_on_every_filesystem():
+    """Issue 9 defect 1: labels differing only outside ASCII (or in case) merged into one."""
+    dirs = class_dirs(LABELS)
+    assert sorted(dirs) == sorted(set(LABELS))
+    folded = {unicodedata.normalize("NFKC", d.casefold()) for d in dirs.values()}
+    assert len(folded) == len(LABELS), "two labels share a directory on a case-insensitive FS"
+    for name in dirs.values():
+        assert name and not name.startswith((".", "-")) and not name.endswith((".", " "))
+        assert len(name.encode()) <= 120 and "/" not in name and "\x00" not in name
+    assert dirs["стоп"].startswith("стоп") and dirs["停"] == "停" and dirs["止"] == "止"
+    assert dirs["x"] == "x" and dirs[""] == "unlabeled"  # --unlabeled frames
+    assert dirs["stop"] != dirs["Stop"] != dirs["STOP"]
+
+
+def test_class_dirs_keep_the_directories_a_dataset_already_has():
+    taken = {"Stop": "Stop", "yield": "yield"}
+    dirs = class_dirs(["stop", "Stop", "yield", "stop!"], taken)
+    assert dirs["Stop"] == "Stop" and dirs["yield"] == "yield"  # appending renames nothing
+    assert dirs["stop"].startswith("stop~")  # "stop" and "Stop" are one directory on macOS
+    with pytest.raises(DatasetError, match="share class directory"):
+        class_dirs(["a"], {"a": "x", "b": "X"})
 
 
 def test_real_gtsrb_split_tree_reads(shared_dir):

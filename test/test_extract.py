@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bagutil import SEC, T0, Msg, frames, label, pattern, solid, write_bag
+from bagutil import T0, frames, label, pattern, solid
 
 from tl_perception.bag.extract import ExtractOptions, extract
 from tl_perception.bag.plan import FrameFilter, LabelSpec
+from tl_perception.bag.writer import SEC, BagWriter, Msg, write_bag
 from tl_perception.cli import main
 from tl_perception.dataset import MANIFEST_FILE, read_dataset, read_manifest
 from tl_perception.errors import BagError, DatasetError
-from tl_perception.images import compressed_to_rgb
+from tl_perception.images import compressed_to_rgb, image_fields
 
 RED, GREEN = (220, 20, 20), (20, 200, 20)
 
@@ -51,7 +53,9 @@ def test_label_topic_labels_every_frame_from_each_bag_kind(tmp_path, storage, na
     assert {(r["width"], r["height"]) for r in rows} == {("32", "24")}
     first = min(rows, key=lambda r: int(r["stamp_ns"]))
     assert first["stamp_ns"] == str(T0) and first["label"] == "red"
-    assert first["path"] == f"train/red/{Path(name).stem}_cam_{T0}.png"
+    bag_id = first["bag"]  # the bag's name plus a hash of its content
+    assert bag_id.startswith(f"{Path(name).stem}-") and len(bag_id) == len(Path(name).stem) + 9
+    assert first["path"] == f"train/red/{bag_id}_cam_{T0}.png"
     index = read_dataset(tmp_path / "out")
     assert index.class_names == ("green", "red") and index.has_manifest
 
@@ -134,14 +138,152 @@ def test_splits_keep_sequences_together_and_reach_every_split(tmp_path):
 
 def test_unsafe_labels_become_safe_directories_inside_out(tmp_path):
     out = tmp_path / "nested" / "out"
-    for i, name in enumerate(["../../x", "a/b", "", "bad\x07\n"]):
+    names = ["../../x", "a/b", "bad\x07\n"]
+    for i, name in enumerate(names):
         bag = write_bag(tmp_path / f"b{i}", "mcap", frames("/cam", [pattern(i)]))
         run([bag], out, LabelSpec("fixed", name=name), append=True)
     rows = read_manifest(out)
-    assert sorted(r["class_dir"] for r in rows) == ["a_b", "bad", "unnamed", "x"]
-    assert sorted(r["label"] for r in rows) == sorted(["../../x", "a/b", "", "bad\x07\n"])
+    dirs = sorted(r["class_dir"] for r in rows)
+    assert [d.split("~")[0] for d in dirs] == ["a_b", "bad", "x"]
+    assert sorted(r["label"] for r in rows) == sorted(names)
     assert not (tmp_path / "x").exists() and not (tmp_path / "nested" / "x").exists()
     assert all((out / r["path"]).resolve().is_relative_to(out.resolve()) for r in rows)
+    with pytest.raises(DatasetError, match="empty label"):
+        run([bag], out, LabelSpec("fixed", name=""), append=True)
+
+
+def label_bag(path: Path, labels: list[str], per_label: int = 3) -> Path:
+    """`per_label` frames per label at 10 Hz, each run announced by a String on /label."""
+    msgs: list[Msg] = []
+    for i, text in enumerate(labels):
+        start = i * per_label * 0.1
+        msgs += frames("/cam", [pattern(10 * i + k) for k in range(per_label)], start_s=start)
+        msgs.append(label("/label", start - 0.01 if i else 0.0, text))
+    return write_bag(path, "mcap", sorted(msgs, key=lambda m: m.t_ns))
+
+
+def test_labels_that_differ_outside_ascii_or_in_case_stay_distinct_classes(tmp_path):
+    """Issue 9 defect 1: "стоп", "停" and "" were all written into one class `unnamed`."""
+    labels = ["стоп", "停", "stop", "Stop"]
+    bag = label_bag(tmp_path / "b", [*labels, ""])
+    report = run([bag], tmp_path / "out", LabelSpec("topic", topic="/label"))
+    rows = read_manifest(tmp_path / "out")
+    by_label: dict[str, set[str]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], set()).add(row["class_dir"])
+    assert sorted(by_label) == sorted(labels)  # the manifest keeps the original labels
+    dirs = [next(iter(v)) for v in by_label.values() if len(v) == 1]
+    assert len({d.casefold() for d in dirs}) == 4, by_label  # also on macOS / Windows
+    assert by_label["停"] == {"停"} and next(iter(by_label["стоп"])) == "стоп"
+    assert sorted(report.kept.values()) == [3, 3, 3, 3] and report.skipped["no_label"] == 3
+    summary = json.loads((tmp_path / "out" / "dataset.json").read_text(encoding="utf-8"))
+    assert sorted(summary["class_labels"].values()) == sorted([x] for x in labels)
+    assert read_dataset(tmp_path / "out").class_names == tuple(sorted(dirs))
+
+
+def test_empty_string_label_is_no_label_not_a_class(tmp_path):
+    """Issue 9 defect 2: an empty String became a training class."""
+    bag = label_bag(tmp_path / "b", ["red", "", "green", " "])
+    report = run([bag], tmp_path / "out", LabelSpec("topic", topic="/label"))
+    assert report.kept == Counter({("red", "train"): 3, ("green", "train"): 3})
+    assert report.skipped["no_label"] == 6
+    assert {r["class_dir"] for r in read_manifest(tmp_path / "out")} == {"red", "green"}
+
+
+def test_classification_without_results_is_no_label(tmp_path):
+    """Issue 9 defect 2: a vision_msgs/Classification with no results carries no label."""
+    bag = tmp_path / "vision"
+    with BagWriter(bag, "mcap") as writer:
+        types = writer.types
+        for i in range(6):
+            t_ns = T0 + i * SEC // 10
+            best = "stop" if i < 3 else None
+            results = [types["vision_msgs/msg/ObjectHypothesis"](class_id=best, score=0.9)]
+            msg = types["vision_msgs/msg/Classification"](
+                header=writer.header(t_ns), results=results if best else []
+            )
+            writer.write("/cls", "vision_msgs/msg/Classification", t_ns - 1000, msg)
+            writer.image("/cam", t_ns, image_fields(pattern(i), "rgb8"))
+    report = run([bag], tmp_path / "out", LabelSpec("topic", topic="/cls"))
+    assert report.kept == Counter({("stop", "train"): 3}) and report.skipped["no_label"] == 3
+
+
+def test_demo_scoring_reads_labels_as_extraction_does(tmp_path):
+    """Issue 9 defect 2: the demo had its own label lookup that kept a label past an empty one."""
+    from tl_perception.demo.report import read_labels, score_live
+
+    bag = label_bag(tmp_path / "b", ["red", "", "green"])
+    run([bag], tmp_path / "out", LabelSpec("topic", topic="/label"))
+    extracted = {int(r["stamp_ns"]): r["label"] for r in read_manifest(tmp_path / "out")}
+    stamps = [T0 + i * SEC // 10 for i in range(9)]
+    # The node answers "red" where the road is empty: those answers must not count.
+    records = [{"stamp_ns": s, "top1": extracted.get(s, "red"), "latency_ms": 1.0} for s in stamps]
+    scored = score_live(records, read_labels(bag, "/label"), tolerance_ns=SEC)
+    assert scored["labelled"] == len(extracted) == 6 and scored["accuracy"] == 1.0
+    assert scored["per_class_frames"] == {"green": 3, "red": 3}
+
+
+def same_stem_bags(tmp_path: Path) -> tuple[Path, Path]:
+    """day1/drive.mcap and day2/drive.mcap: same file name and stamps, different frames."""
+    bags = []
+    for day, seed in (("day1", 0), ("day2", 100)):
+        made = write_bag(
+            tmp_path / day / "tmp", "mcap", frames("/cam", [pattern(seed + i) for i in range(4)])
+        )
+        bare = tmp_path / day / "drive.mcap"
+        bare.write_bytes((made / "tmp.mcap").read_bytes())
+        bags.append(bare)
+    return bags[0], bags[1]
+
+
+def test_bags_with_one_file_name_in_two_folders_are_two_bags(tmp_path):
+    """Issue 9 defect 3: bags were identified by file stem, so day2 was taken for day1."""
+    day1, day2 = same_stem_bags(tmp_path)
+    out = tmp_path / "out"
+    spec = LabelSpec("fixed", name="a")
+    run([day1], out, spec, split=(0.5, 0.5, 0.0))
+    with pytest.raises(DatasetError, match="--append"):
+        run([day2], out, spec, split=(0.5, 0.5, 0.0))
+    report = run([day2], out, spec, split=(0.5, 0.5, 0.0), append=True)
+    assert report.written == 4 and report.skipped["already_in_dataset"] == 0
+    rows = read_manifest(out)
+    assert len(rows) == 8 and len({r["bag"] for r in rows}) == 2
+    assert len({r["path"] for r in rows}) == 8
+    seq = {b: {r["sequence"] for r in rows if r["bag"] == b} for b in {r["bag"] for r in rows}}
+    first, second = seq.values()
+    assert not first & second  # sequence ids never collide, so no split is inherited
+    summary = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    assert sorted(s["path"] for s in summary["sources"]) == sorted(map(str, (day1, day2)))
+    assert len({s["sha256"] for s in summary["sources"]}) == 2
+    both = run([day1, day2], tmp_path / "both", spec)  # also in one command
+    assert both.written == 8
+
+
+def test_one_bag_given_twice_is_refused(tmp_path):
+    day1, _ = same_stem_bags(tmp_path)
+    copy = tmp_path / "copy.mcap"
+    copy.write_bytes(day1.read_bytes())
+    with pytest.raises(DatasetError, match="identical content"):
+        run([day1, copy], tmp_path / "out", LabelSpec("fixed", name="a"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_raw_frame_with_empty_encoding_is_a_counted_decode_error(tmp_path):
+    """Issue 9 defect 4: an empty `encoding` fell through to `msg.format` and killed extract."""
+    fields = image_fields(pattern(3), "bgr8")
+    empty = Msg("/cam", T0 + SEC, "image", {**fields, "encoding": ""})
+    bag = write_bag(tmp_path / "b", "mcap", [*frames("/cam", [pattern(1), pattern(2)]), empty])
+    report = run([bag], tmp_path / "out", LabelSpec("fixed", name="a"))
+    assert report.kept == Counter({("a", "train"): 2}) and report.skipped["decode_error"] == 1
+
+
+def test_raw_frame_with_more_data_than_step_times_height_is_a_decode_error(tmp_path):
+    """Issue 9 defect 5: a bgr8 frame labelled mono16 (1.5x the bytes) was classified."""
+    fields = image_fields(pattern(3), "bgr8")
+    mislabelled = Msg("/cam", T0 + SEC, "image", {**fields, "encoding": "mono16", "step": 64})
+    bag = write_bag(tmp_path / "b", "mcap", [*frames("/cam", [pattern(1)]), mislabelled])
+    report = run([bag], tmp_path / "out", LabelSpec("fixed", name="a"))
+    assert report.kept == Counter({("a", "train"): 1}) and report.skipped["decode_error"] == 1
 
 
 def test_corrupt_frames_are_skipped_and_counted(tmp_path):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from bagutil import frames, label, pattern, write_bag
+from bagutil import frames, label, pattern
 
 from tl_perception.bag.inspect import inspect_bag
+from tl_perception.bag.writer import write_bag
 from tl_perception.cli import main
 
 

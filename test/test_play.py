@@ -7,7 +7,9 @@ import sys
 import time
 
 import pytest
-from bagutil import SEC, T0, frames, label, pattern, write_bag
+from bagutil import T0, frames, label, pattern
+
+from tl_perception.bag.writer import SEC, write_bag
 
 rclpy = pytest.importorskip("rclpy", reason="play needs rclpy")
 

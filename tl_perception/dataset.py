@@ -6,26 +6,38 @@ A dataset is an image tree that `keras.utils.image_dataset_from_directory` reads
     DIR/<class_dir>/<file>.png                      (a plain class-per-folder tree)
 
 Extraction adds `manifest.csv` (one row per image, columns `MANIFEST_COLUMNS`) and `dataset.json`
-(format, version, counts, sources, options). Readers never decode images here: `read_dataset` only
-lists files, so it stays cheap on large trees; decoding (and corrupt-image handling) is the
+(format, version, counts, sources, options); this module is the only one that reads or writes
+either. Readers never decode images here: `read_dataset` only lists files and checks the manifest
+against them, so it stays cheap on large trees; decoding (and corrupt-image handling) is the
 trainer's job.
+
+Labels become class directories through `safe_class_dir` / `class_dirs`: distinct labels always
+get distinct directories, also on case-insensitive file systems, and the manifest keeps the
+original label.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-import re
+import json
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_perception.errors import DatasetError
+from tl_perception.errors import DatasetError, one_line
+from tl_perception.fsutil import atomic_write_json, atomic_write_text
 
 FORMAT = "tl_perception.dataset"
-VERSION = 1
+#: Version 2 names bags by content (`<stem>-<sha256 prefix>`) and maps each label to its own
+#: class directory; version 1 named bags by file stem and could merge labels.
+VERSION = 2
+#: Versions `read_dataset` reads; extraction only adds to datasets of `VERSION`.
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST_FILE = "manifest.csv"
 SUMMARY_FILE = "dataset.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -46,9 +58,19 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "sequence",
 )
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
+#: Class directory of `--unlabeled` frames (their label is empty).
+UNLABELED_DIR = "unlabeled"
+#: Separates a slug from the label's hash; never part of a slug, so hashed names cannot
+#: collide with labels that are kept as they are.
+HASH_MARK = "~"
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_SLUG = 80
+_KEEP = frozenset("._-")
+_MAX_SLUG_BYTES = 96  # UTF-8; with the hash the name stays far below 255 bytes on every FS
+_HASH_CHARS = 8
+# Names Windows refuses for a file or directory, with or without an extension.
+_RESERVED = frozenset(
+    ["con", "prn", "aux", "nul"] + [f"{p}{i}" for p in ("com", "lpt") for i in range(10)]
+)
 
 
 @dataclass(frozen=True)
@@ -81,32 +103,234 @@ class DatasetIndex:
         return tuple(name for name in SPLITS if name in present)
 
 
-def safe_class_dir(label: str) -> str:
-    """A directory name for `label` that cannot escape the dataset or hide itself.
+def is_empty_label(label: str | None) -> bool:
+    """No label at all, or only whitespace: names no class, so such frames are `no_label`."""
+    return label is None or not str(label).strip()
 
-    Letters, digits, `.`, `_` and `-` are kept; runs of anything else become `_`. Leading dots
-    are stripped (no `..`, no hidden dirs); an empty result becomes `unnamed`. Labels that slug
-    alike share a directory; the manifest keeps the original label.
+
+def slug(text: str) -> str:
+    """A readable, safe file-name part of `text` (possibly empty; information may be lost).
+
+    NFKC-normalised; letters, marks and digits of any script and `.`, `_`, `-` are kept, runs of
+    anything else become `_`; no leading `.`/`_`/`-` (no `..`, no hidden names), no trailing
+    `.`/`_`, at most 96 UTF-8 bytes.
     """
-    text = unicodedata.normalize("NFKD", str(label)).encode("ascii", "ignore").decode("ascii")
-    slug = _UNSAFE.sub("_", text).lstrip("._")[:_MAX_SLUG].rstrip("_")
-    return slug or "unnamed"
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFKC", str(text)):
+        if ch in _KEEP or unicodedata.category(ch)[0] in "LMN":
+            out.append(ch)
+        elif not out or out[-1] != "_":
+            out.append("_")
+    name = "".join(out).lstrip("._-")
+    encoded = name.encode("utf-8")[:_MAX_SLUG_BYTES]
+    return encoded.decode("utf-8", errors="ignore").rstrip("._")
+
+
+def label_hash(label: str) -> str:
+    """A short hash of the label itself (stable across runs, machines and Python versions)."""
+    return hashlib.sha256(label.encode("utf-8", errors="surrogatepass")).hexdigest()[:_HASH_CHARS]
+
+
+def safe_class_dir(label: str) -> str:
+    """The class directory of `label`, a name that cannot escape the dataset or hide itself.
+
+    A label that is already a safe name (`slug(label) == label`, not a Windows device name such
+    as `CON`) is kept as it is: `stop`, `speed_limit_30`, `стоп`, `停`. Any other label gets its
+    slug plus `~` and a hash of the label (`Stop!` -> `Stop~<hash>`, `../x` -> `x~<hash>`), so
+    two labels never share a directory because slugging lost what told them apart. Labels that
+    differ only in case are told apart by `class_dirs`, which sees all labels of a dataset.
+
+    Raises:
+        DatasetError: an empty label: it names no class.
+    """
+    if is_empty_label(label):
+        raise DatasetError(f"an empty label ({label!r}) cannot name a class")
+    name = slug(label)
+    if name == label and name.split(".")[0].casefold() not in _RESERVED:
+        return name
+    return hashed_class_dir(label)
+
+
+def hashed_class_dir(label: str) -> str:
+    """`<slug>~<hash>`: the class directory of a label that cannot be used as it is."""
+    return f"{slug(label) or 'label'}{HASH_MARK}{label_hash(label)}"
+
+
+def class_dirs(labels: Iterable[str], taken: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The class directory of every label: distinct labels get distinct directories.
+
+    Directories are compared case-insensitively (and after Unicode normalisation), as macOS and
+    Windows file systems compare them, so `Stop` and `stop` never share one there either: when
+    candidates collide, each colliding new label gets its hashed name. `taken` (label ->
+    class_dir, e.g. from an existing manifest) is kept as it is, so appending never renames a
+    class. The empty label is `--unlabeled`'s and maps to `unlabeled`.
+
+    Raises:
+        DatasetError: `taken` maps two labels to one directory, or hashes collide.
+    """
+    result = dict(taken or {})
+    owner: dict[str, str] = {}
+    for label, directory in result.items():
+        key = _fold(directory)
+        if key in owner and owner[key] != label:
+            raise DatasetError(
+                f"labels {owner[key]!r} and {label!r} share class directory {directory!r}"
+            )
+        owner[key] = label
+    new = sorted(set(labels) - set(result))
+    candidates = {label: _candidate(label) for label in new}
+    counts = Counter(_fold(c) for c in candidates.values())
+    for label in new:
+        directory = candidates[label]
+        if counts[_fold(directory)] > 1 or _fold(directory) in owner:
+            directory = hashed_class_dir(label) if label else f"{UNLABELED_DIR}{HASH_MARK}"
+        if _fold(directory) in owner:
+            raise DatasetError(
+                f"labels {owner[_fold(directory)]!r} and {label!r} both map to class "
+                f"directory {directory!r}; rename one of them"
+            )
+        owner[_fold(directory)] = label
+        result[label] = directory
+    return result
+
+
+def _candidate(label: str) -> str:
+    return UNLABELED_DIR if label == "" else safe_class_dir(label)
+
+
+def _fold(name: str) -> str:
+    """How a case-insensitive, normalising file system compares names."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def read_summary(root: str | Path) -> dict[str, Any] | None:
+    """`root/dataset.json` as a dict; None when there is none.
+
+    Raises:
+        DatasetError: unreadable or corrupt JSON, another format, or a version not in
+            `READABLE_VERSIONS`.
+    """
+    path = Path(root) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DatasetError(f"cannot read {str(path)!r}: {one_line(err)}") from err
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT:
+        raise DatasetError(
+            f"{str(path)!r} is not a {FORMAT} summary; it was not written by extract"
+        )
+    version = summary.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise DatasetError(
+            f"{str(path)!r} has {FORMAT} version {version!r}; this tl_perception reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (a newer tl_perception wrote it?)"
+        )
+    return summary
+
+
+def begin_summary(root: str | Path) -> None:
+    """Mark a new dataset as being written (`status: incomplete`) before any image lands."""
+    atomic_write_json(
+        Path(root) / SUMMARY_FILE, {"format": FORMAT, "version": VERSION, "status": "incomplete"}
+    )
+
+
+def write_dataset(
+    root: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    sources: Iterable[Mapping[str, Any]],
+    options: Mapping[str, Any],
+    last_run: Mapping[str, Any],
+) -> None:
+    """Write `manifest.csv` and a complete `dataset.json` (counts and labels from `rows`).
+
+    `sources` are `{name, path, sha256, bytes}` of every bag in the dataset; `options` are those
+    that define the content; `last_run` what this run did. Both files are replaced atomically.
+    """
+    root = Path(root)
+    rows = list(rows)
+    counts: dict[str, dict[str, int]] = {}
+    labels: dict[str, set[str]] = {}
+    for row in rows:
+        split_counts = counts.setdefault(str(row["split"]), {})
+        split_counts[str(row["class_dir"])] = split_counts.get(str(row["class_dir"]), 0) + 1
+        labels.setdefault(str(row["class_dir"]), set()).add(str(row["label"]))
+    atomic_write_json(
+        root / SUMMARY_FILE,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "status": "complete",
+            "total": len(rows),
+            "counts": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
+            "class_labels": {c: sorted(v) for c, v in sorted(labels.items())},
+            "sources": sorted((dict(s) for s in sources), key=lambda s: str(s["name"])),
+            "options": dict(options),
+            "last_run": dict(last_run),
+        },
+    )
+    atomic_write_text(root / MANIFEST_FILE, manifest_text(rows))
 
 
 def read_manifest(root: str | Path) -> list[dict[str, str]]:
-    """Rows of `root/manifest.csv` as dicts; [] when there is none."""
+    """Rows of `root/manifest.csv` as dicts; [] when there is none.
+
+    Every row is checked against the layout (`split/class_dir/file`, a known split and image
+    suffix, unique paths inside the dataset), so a damaged or hand-edited manifest is one
+    `DatasetError` naming the file and line, never a wrong dataset.
+    """
     path = Path(root) / MANIFEST_FILE
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("path", "split", "class_dir") if c not in (reader.fieldnames or ())]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read {str(path)!r}: {one_line(err)}") from err
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        fieldnames = list(reader.fieldnames or ())
+        missing = [c for c in ("path", "split", "class_dir") if c not in fieldnames]
         if missing:
             raise DatasetError(
                 f"{str(path)!r} lacks columns {missing}; it was not written by "
                 "`tl-perception extract`"
             )
-        return [dict(row) for row in reader]
+        rows = []
+        seen: set[str] = set()
+        for row in reader:
+            if None in row or any(value is None for value in row.values()):
+                raise DatasetError(
+                    f"{str(path)!r} line {reader.line_num}: expected {len(fieldnames)} fields"
+                )
+            _check_row(path, reader.line_num, row, seen)
+            rows.append(dict(row))
+    except csv.Error as err:
+        raise DatasetError(f"{str(path)!r}: malformed CSV: {err}") from err
+    return rows
+
+
+def _check_row(path: Path, line: int, row: dict[str, str], seen: set[str]) -> None:
+    """A manifest row must name an image at `split/class_dir/<file>` inside the dataset."""
+    where = f"{str(path)!r} line {line}"
+    rel = row["path"]
+    parts = rel.split("/")
+    if "\\" in rel or rel.startswith("/") or ".." in parts or "" in parts or "." in parts:
+        raise DatasetError(f"{where}: manifest path {rel!r} leaves the dataset directory")
+    if len(parts) != 3 or parts[0] != row["split"] or parts[1] != row["class_dir"]:
+        raise DatasetError(
+            f"{where}: path {rel!r} is not <split>/<class_dir>/<file> for split "
+            f"{row['split']!r} and class_dir {row['class_dir']!r}"
+        )
+    if row["split"] not in SPLITS:
+        raise DatasetError(f"{where}: unknown split {row['split']!r}; expected one of {SPLITS}")
+    hidden = parts[1].startswith(".") or parts[2].startswith(".")
+    if hidden or Path(parts[2]).suffix.lower() not in IMAGE_SUFFIXES:
+        raise DatasetError(f"{where}: {rel!r} is not a visible image file ({IMAGE_SUFFIXES})")
+    if rel in seen:
+        raise DatasetError(f"{where}: {rel!r} is listed twice")
+    seen.add(rel)
 
 
 def manifest_text(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -130,11 +354,18 @@ def read_dataset(root: str | Path) -> DatasetIndex:
     """Index a dataset directory: extraction output, split tree, or class-per-folder tree.
 
     Raises:
-        DatasetError: `root` is missing, holds no images, or its manifest names missing files.
+        DatasetError: `root` is missing, holds no images, its `dataset.json` is corrupt or of an
+            unknown version, or its manifest is malformed or names missing files.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset directory {str(root)!r} does not exist or is not a directory")
+    summary = read_summary(root)
+    if summary is not None and summary.get("status") != "complete":
+        raise DatasetError(
+            f"{str(root)!r} is an extraction that did not finish (dataset.json status "
+            f"{summary.get('status')!r}); re-run the same `tl-perception extract` command"
+        )
     rows = read_manifest(root)
     if rows:
         samples = _samples_from_manifest(root, rows)
@@ -170,10 +401,7 @@ def _samples_from_manifest(root: Path, rows: list[dict[str, str]]) -> list[Sampl
     samples = []
     missing = []
     for row in rows:
-        rel = Path(row["path"])
-        if rel.is_absolute() or ".." in rel.parts:
-            raise DatasetError(f"manifest path {row['path']!r} leaves the dataset directory")
-        path = root / rel
+        path = root / row["path"]
         if not path.is_file():
             missing.append(row["path"])
             continue

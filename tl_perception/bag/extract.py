@@ -1,12 +1,15 @@
 """`extract`: bags -> a labelled, leakage-free dataset directory (see docs/extract.md).
 
-Two passes per bag. Pass 1 (main process, no decoding) validates everything, picks frames, labels
-and sequences, and assigns sequences to splits; nothing is written until every bag has been read
-once, so bad input leaves nothing behind. Pass 2 sends raw frames in chunks to worker processes
-(decode, crop, hash, encode) and consumes results in bag order, so dedup and the written files do
-not depend on `--workers`. Images are written under temp names and renamed; the manifest and
-`dataset.json` are written atomically at the end. Images found on disk but not in the manifest
-(left by an interrupted run) are deleted at the start of the next run, which rewrites them.
+Two passes per bag. Pass 1 (main process, no decoding) names each bag by its content, validates
+everything, deserializes the kept frames' messages, picks frames, labels and sequences, gives each
+label its own class directory and assigns sequences to splits; nothing is written until every bag
+has been read once, so bad input leaves nothing behind. Pass 2 sends raw frames in chunks to
+worker processes (decode, crop, hash, encode) and consumes results in bag order, so dedup and the
+written files do not depend on `--workers`; should it still fail (a bag changed under us, a full
+disk), what it wrote is removed again. Images are written under temp names and renamed; the
+manifest and `dataset.json` are written atomically at the end (`dataset.write_dataset`). Images
+found on disk but not in the manifest (left by an interrupted run) are deleted at the start of
+the next run, which rewrites them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -24,12 +28,13 @@ from typing import Any
 
 from tl_perception.bag.frames import Crop, FrameResult, hamming, init_worker, message_fields
 from tl_perception.bag.frames import process_chunk as _process_chunk
-from tl_perception.bag.plan import FrameFilter, LabelSpec, PlannedFrame, plan_bag
+from tl_perception.bag.plan import FrameFilter, LabelSpec, PlannedFrame, place_frames, plan_bag
 from tl_perception.bag.progress import Progress
 from tl_perception.bag.reader import (
     IMAGE_TYPES,
     LABEL_TYPES,
-    bag_name,
+    BagSource,
+    bag_source,
     deserialize,
     iter_messages,
     open_bag,
@@ -37,18 +42,21 @@ from tl_perception.bag.reader import (
 )
 from tl_perception.bag.splits import assign_splits
 from tl_perception.dataset import (
-    FORMAT,
     MANIFEST_FILE,
     SPLITS,
     SUMMARY_FILE,
     VERSION,
+    begin_summary,
+    class_dirs,
+    is_empty_label,
     is_image_file,
-    manifest_text,
     read_manifest,
-    safe_class_dir,
+    read_summary,
+    slug,
+    write_dataset,
 )
-from tl_perception.errors import DatasetError
-from tl_perception.fsutil import FILE_MODE, atomic_write_json, atomic_write_text
+from tl_perception.errors import DatasetError, TlPerceptionError
+from tl_perception.fsutil import FILE_MODE
 
 CHUNK = 16
 
@@ -99,32 +107,43 @@ class ExtractReport:
 
 
 def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
-    """Run an extraction; raises BagError/DatasetError on bad input before writing anything."""
+    """Run an extraction.
+
+    Raises:
+        BagError, DatasetError: bad input, found before anything is written; or a failure while
+            writing (then this run's images are removed again), or no frame kept at all.
+    """
     started = time.monotonic()
     out = options.out
+    if options.labels.kind == "fixed" and is_empty_label(options.labels.name):
+        raise DatasetError(f"--label {options.labels.name!r}: an empty label names no class")
     old_rows, summary = _existing_dataset(out)
-    _check_rerun(options, summary)
+    sources = [bag_source(p) for p in options.bags]
+    _check_distinct(sources)
+    _check_rerun(options, summary, sources)
     report = ExtractReport(out)
-    names = [bag_name(p) for p in options.bags]
-    if len(set(names)) != len(names):
-        raise DatasetError(f"bags must have distinct names, got {names}; rename or copy one")
-    plans: list[list[PlannedFrame]] = []
-    for path, name in zip(options.bags, names, strict=True):
-        with open_bag(path) as reader:
-            require_topic(reader, path, options.topic, tuple(IMAGE_TYPES), "image")
+    unplaced: list[list[PlannedFrame]] = []
+    for source in sources:
+        with open_bag(source.path) as reader:
+            require_topic(reader, source.path, options.topic, tuple(IMAGE_TYPES), "image")
             if options.labels.kind == "topic":
-                require_topic(reader, path, options.labels.topic, LABEL_TYPES, "label")
-            plans.append(
+                require_topic(reader, source.path, options.labels.topic, LABEL_TYPES, "label")
+            unplaced.append(
                 plan_bag(
                     reader,
-                    path,
-                    name,
+                    source.path,
                     options.topic,
                     options.labels,
                     options.selection,
                     report.skipped,
                 )
             )
+    taken = _class_dirs_of(old_rows, out)
+    mapping = class_dirs({f.label for plan in unplaced for f in plan}, taken)
+    plans = [
+        place_frames(plan, source.name, mapping)
+        for plan, source in zip(unplaced, sources, strict=True)
+    ]
     sequences: dict[str, tuple[str, int]] = {}
     for frame in (f for plan in plans for f in plan):
         cls, count = sequences.get(frame.sequence, (frame.class_dir, 0))
@@ -135,24 +154,47 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
         existing[row["sequence"]] = (cls, split, count + 1)
     splits = assign_splits(sequences, options.split, options.seed, existing)
 
+    created = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)
     if summary is None:
-        atomic_write_json(
-            out / SUMMARY_FILE, {"format": FORMAT, "version": VERSION, "status": "incomplete"}
-        )
+        begin_summary(out)
     _remove_orphans(out, {row["path"] for row in old_rows})
-    rows = {row["path"]: row for row in old_rows}
+    # Rows whose image is gone (deleted by hand) are dropped, so this run writes them again.
+    rows = {row["path"]: row for row in old_rows if (out / row["path"]).is_file()}
     total = sum(len(plan) for plan in plans)
     bar = Progress(total, enabled=progress)
     writer = _FrameWriter(options, splits, rows, report)
     try:
-        for result, meta in _decoded(options, plans, names, bar):
+        for result, meta in _decoded(options, plans, sources, bar):
             writer.consume(meta, result)
+    except (TlPerceptionError, OSError) as err:
+        _roll_back(out, writer, created, new_dataset=summary is None)
+        if isinstance(err, OSError):
+            raise DatasetError(f"cannot write the dataset {str(out)!r}: {err}") from err
+        raise
     finally:
         _remove_frame_temps(out)  # an interrupted run leaves no temp files behind
-    bar.close()
-    _write_summary(options, names, rows, report, summary)
-    atomic_write_text(out / MANIFEST_FILE, manifest_text(rows.values()))
+        bar.close()
+    if not rows:  # an empty dataset is of no use and `read_dataset` refuses it: say why
+        _roll_back(out, writer, created, new_dataset=summary is None)
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
+        raise DatasetError(
+            f"no frame of {', '.join(repr(str(s.path)) for s in sources)} on {options.topic!r} "
+            f"was kept ({skipped or 'the topic has no messages'}); nothing written"
+        )
+    records = {s["name"]: s for s in (summary or {}).get("sources", [])}
+    records.update({s.name: s.record() for s in sources})
+    write_dataset(
+        out,
+        rows.values(),
+        records.values(),
+        options=(summary or {}).get("options") or options.record(),
+        last_run={
+            "options": options.record(),
+            "kept": sum(report.kept.values()),
+            "skipped": dict(sorted(report.skipped.items())),
+        },
+    )
     report.seconds = time.monotonic() - started
     return report
 
@@ -161,21 +203,27 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
 class _Meta:
     frame: PlannedFrame
     bag: str
-    stamp_ns: int
-    encoding: str
 
 
 class _FrameWriter:
     """Consumes decoded frames in bag order: dedup, naming, writing, manifest rows."""
 
-    def __init__(self, options: ExtractOptions, splits: dict[str, str], rows: dict, report: Any):
+    def __init__(
+        self,
+        options: ExtractOptions,
+        splits: dict[str, str],
+        rows: dict[str, dict[str, Any]],
+        report: ExtractReport,
+    ) -> None:
         self.options = options
         self.splits = splits
         self.rows = rows
         self.report = report
-        self.topic_slug = safe_class_dir(options.topic.replace("/", "_"))
+        self.topic_slug = slug(options.topic.replace("/", "_")) or "topic"
         self.last_hash: dict[str, int] = {}
         self.seen: set[str] = set()
+        self.added: list[Path] = []  # images this run wrote, to remove if it fails
+        self.new_dirs: list[Path] = []  # directories this run created
 
     def consume(self, meta: _Meta, result: FrameResult) -> None:
         if result.skip:
@@ -194,7 +242,7 @@ class _FrameWriter:
                 return False
             self.last_hash[frame.sequence] = result.phash
         split = self.splits[frame.sequence]
-        name = f"{meta.bag}_{self.topic_slug}_{meta.stamp_ns}.{self.options.fmt}"
+        name = f"{meta.bag}_{self.topic_slug}_{frame.stamp_ns}.{self.options.fmt}"
         rel = f"{split}/{frame.class_dir}/{name}"
         if rel in self.seen:
             self.report.skipped["duplicate_stamp"] += 1
@@ -204,9 +252,13 @@ class _FrameWriter:
             self.report.skipped["already_in_dataset"] += 1
             return False
         target = self.options.out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        for directory in (target.parent.parent, target.parent):
+            if not directory.is_dir():
+                directory.mkdir()
+                self.new_dirs.append(directory)
         os.chmod(result.tmp_path, FILE_MODE)
         os.replace(result.tmp_path, target)
+        self.added.append(target)
         self.rows[rel] = {
             "path": rel,
             "split": split,
@@ -214,10 +266,10 @@ class _FrameWriter:
             "class_dir": frame.class_dir,
             "bag": meta.bag,
             "topic": self.options.topic,
-            "stamp_ns": meta.stamp_ns,
+            "stamp_ns": frame.stamp_ns,
             "width": result.width,
             "height": result.height,
-            "encoding": meta.encoding,
+            "encoding": frame.encoding,
             "sha256": result.sha256,
             "sequence": frame.sequence,
         }
@@ -226,31 +278,32 @@ class _FrameWriter:
 
 
 def _jobs(
-    options: ExtractOptions, plans: list[list[PlannedFrame]], names: list[str]
+    options: ExtractOptions, plans: list[list[PlannedFrame]], sources: list[BagSource]
 ) -> Iterator[tuple[_Meta, tuple[Any, ...]]]:
     """Raw frames of the planned messages, re-read in the same order as pass 1."""
-    for path, name, plan in zip(options.bags, names, plans, strict=True):
+    for source, plan in zip(sources, plans, strict=True):
         wanted = {f.index: f for f in plan}
         if not wanted:
             continue
-        with open_bag(path) as reader:
-            for index, (conn, log_ns, raw) in enumerate(
-                iter_messages(reader, path, [options.topic])
+        with open_bag(source.path) as reader:
+            for index, (conn, _log_ns, raw) in enumerate(
+                iter_messages(reader, source.path, [options.topic])
             ):
                 frame = wanted.get(index)
                 if frame is None:
                     continue
-                msg = deserialize(reader, path, raw, conn.msgtype)
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                encoding = getattr(msg, "encoding", None) or f"compressed:{msg.format}"
-                yield _Meta(frame, name, stamp or log_ns, encoding), message_fields(msg)
+                msg = deserialize(reader, source.path, raw, conn.msgtype)
+                yield _Meta(frame, source.name), message_fields(msg, IMAGE_TYPES[conn.msgtype])
 
 
 def _decoded(
-    options: ExtractOptions, plans: list[list[PlannedFrame]], names: list[str], bar: Progress
+    options: ExtractOptions,
+    plans: list[list[PlannedFrame]],
+    sources: list[BagSource],
+    bar: Progress,
 ) -> Iterator[tuple[FrameResult, _Meta]]:
     """(result, meta) in bag order; the work runs in `options.workers` processes."""
-    jobs = _jobs(options, plans, names)
+    jobs = _jobs(options, plans, sources)
     tmp_dir = str(options.out)  # same file system as the images: renames are atomic
     if options.workers <= 1:
         for meta, fields in jobs:
@@ -293,35 +346,97 @@ def _existing_dataset(out: Path) -> tuple[list[dict[str, str]], dict[str, Any] |
         raise DatasetError(f"--out {str(out)!r} is a file; give a directory")
     if not out.exists() or not any(out.iterdir()):
         return [], None
-    summary_path = out / SUMMARY_FILE
-    if not summary_path.is_file():
+    summary = read_summary(out)
+    if summary is None:
         raise DatasetError(
-            f"--out {str(out)!r} is not empty and holds no {SUMMARY_FILE}: it is not a dataset "
+            f"--out {str(out)!r} is not empty and holds no dataset.json: it is not a dataset "
             "made by extract; choose an empty or new directory"
         )
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read {str(summary_path)!r}: {err}") from err
-    if summary.get("format") != FORMAT or int(summary.get("version", 0)) > VERSION:
+    if summary["version"] != VERSION:
         raise DatasetError(
-            f"{str(summary_path)!r} is not a {FORMAT} version <= {VERSION} summary; "
-            "choose another --out"
+            f"--out {str(out)!r} is a version {summary['version']} dataset, which names bags by "
+            "file name and cannot tell two same-named bags apart; extract into a new --out"
         )
     return read_manifest(out), summary
 
 
-def _check_rerun(options: ExtractOptions, summary: dict[str, Any] | None) -> None:
-    """A re-run must repeat the dataset's options and bags unless `--append` adds to it."""
-    if summary is None or options.append or "options" not in summary:
-        return
-    known = {s["name"] for s in summary.get("sources", [])}
-    new = [bag_name(p) for p in options.bags if bag_name(p) not in known]
-    if summary["options"] != json.loads(json.dumps(options.record())) or new:
+def _class_dirs_of(rows: list[dict[str, str]], out: Path) -> dict[str, str]:
+    """label -> class_dir of an existing dataset, where each label has exactly one directory
+    and each directory one label (as extraction writes them)."""
+    mapping: dict[str, str] = {}
+    for row in rows:
+        label = row.get("label") or ""
+        if mapping.setdefault(label, row["class_dir"]) != row["class_dir"]:
+            raise DatasetError(
+                f"{str(out / MANIFEST_FILE)!r}: label {label!r} is in class directories "
+                f"{mapping[label]!r} and {row['class_dir']!r}; extract into a new --out"
+            )
+    try:
+        return class_dirs((), mapping)
+    except DatasetError as err:
         raise DatasetError(
-            f"--out {str(options.out)!r} holds a dataset made with other options or bags; "
-            "pass --append to add bags to it (keeping its splits) or choose a new --out"
+            f"{str(out / MANIFEST_FILE)!r}: {err}; extract into a new --out"
+        ) from err
+
+
+def _check_distinct(sources: list[BagSource]) -> None:
+    """One bag given twice (or a copy of it) would write every frame twice."""
+    seen: dict[str, BagSource] = {}
+    for source in sources:
+        first = seen.setdefault(source.sha256, source)
+        if first is not source:
+            raise DatasetError(
+                f"bags {str(first.path)!r} and {str(source.path)!r} have identical content; "
+                "give each bag once"
+            )
+
+
+def _check_rerun(
+    options: ExtractOptions, summary: dict[str, Any] | None, sources: list[BagSource]
+) -> None:
+    """A re-run must repeat the dataset's options and bags unless `--append` adds to it."""
+    if summary is None:
+        return
+    known = {s.get("name"): s.get("sha256") for s in summary.get("sources", [])}
+    for source in sources:
+        if source.name in known and known[source.name] != source.sha256:
+            raise DatasetError(
+                f"bag {str(source.path)!r} is named {source.name!r} like another bag of "
+                f"{str(options.out)!r} with different content; extract into a new --out"
+            )
+    if options.append or "options" not in summary:
+        return
+    new = [str(s.path) for s in sources if s.name not in known]
+    if summary["options"] != json.loads(json.dumps(options.record())) or new:
+        what = f"bags not in it ({', '.join(new)})" if new else "other options"
+        raise DatasetError(
+            f"--out {str(options.out)!r} holds a dataset made with {what}; pass --append to add "
+            "bags to it (keeping its splits) or choose a new --out"
         )
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost directory of `path` that does not exist yet (what mkdir -p would create)."""
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _roll_back(out: Path, writer: _FrameWriter, created: Path | None, new_dataset: bool) -> None:
+    """Undo a failed pass 2: the dataset is as it was before (or absent, if it was new)."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for path in writer.added:
+        path.unlink(missing_ok=True)
+    for directory in reversed(writer.new_dirs):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    if new_dataset:  # `out` existed but was empty
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
 
 
 def _remove_frame_temps(out: Path) -> None:
@@ -342,40 +457,3 @@ def _remove_orphans(out: Path, listed: set[str]) -> None:
             stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
             if (is_image_file(path) and rel not in listed) or stale_tmp:
                 path.unlink()
-
-
-def _write_summary(
-    options: ExtractOptions,
-    names: list[str],
-    rows: dict[str, dict[str, Any]],
-    report: ExtractReport,
-    summary: dict[str, Any] | None,
-) -> None:
-    counts: dict[str, dict[str, int]] = {}
-    labels: dict[str, set[str]] = {}
-    for row in rows.values():
-        split_counts = counts.setdefault(str(row["split"]), {})
-        split_counts[row["class_dir"]] = split_counts.get(row["class_dir"], 0) + 1
-        labels.setdefault(str(row["class_dir"]), set()).add(str(row["label"]))
-    sources = {s["name"]: s for s in (summary or {}).get("sources", [])}
-    for path, name in zip(options.bags, names, strict=True):
-        sources[name] = {"name": name, "path": os.fspath(path.resolve())}
-    previous = (summary or {}).get("options")
-    atomic_write_json(
-        options.out / SUMMARY_FILE,
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "status": "complete",
-            "total": len(rows),
-            "counts": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
-            "class_labels": {c: sorted(v) for c, v in sorted(labels.items())},
-            "sources": [sources[n] for n in sorted(sources)],
-            "options": previous or options.record(),
-            "last_run": {
-                "options": options.record(),
-                "kept": sum(report.kept.values()),
-                "skipped": dict(sorted(report.skipped.items())),
-            },
-        },
-    )

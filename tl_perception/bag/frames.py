@@ -36,9 +36,13 @@ class FrameResult:
     tmp_path: str = ""  # the encoded image, written by the worker under a hidden temp name
 
 
-def message_fields(msg: Any) -> tuple[Any, ...]:
-    """A picklable copy of what decoding needs from an Image or CompressedImage message."""
-    if hasattr(msg, "encoding"):
+def message_fields(msg: Any, kind: str) -> tuple[Any, ...]:
+    """A picklable copy of what decoding needs from an Image ("raw") or CompressedImage.
+
+    `kind` comes from the topic's message type, not from the fields' values: a raw Image with
+    an empty `encoding` is a bad raw frame, not a CompressedImage.
+    """
+    if kind == "raw":
         return ("raw", msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
     return ("compressed", msg.format, msg.data)
 

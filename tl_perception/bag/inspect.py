@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tl_perception.bag.reader import (
+    IMAGE_TYPES,
     TopicInfo,
     deserialize,
     iter_messages,
@@ -48,20 +49,27 @@ def inspect_bag(path: str | Path) -> BagReport:
     with open_bag(path) as reader:
         reports = []
         for info in topic_infos(reader):
-            if not info.is_image or info.count == 0:
+            first = None
+            if info.is_image and info.count > 0:
+                first = next(iter(iter_messages(reader, path, [info.name])), None)
+            if first is None:
                 reports.append(TopicReport(info))
                 continue
-            conn, _t, raw = next(iter(iter_messages(reader, path, [info.name])))
+            conn, _t, raw = first
             msg = deserialize(reader, path, raw, conn.msgtype)
-            if hasattr(msg, "encoding"):
-                reports.append(TopicReport(info, msg.encoding, (msg.width, msg.height)))
+            if IMAGE_TYPES[conn.msgtype] == "raw":
+                width, height = getattr(msg, "width", None), getattr(msg, "height", None)
+                resolution = None
+                if isinstance(width, int) and isinstance(height, int):
+                    resolution = (width, height)
+                reports.append(TopicReport(info, str(getattr(msg, "encoding", "?")), resolution))
                 continue
             try:
                 rgb = message_to_rgb(msg)
-                size: tuple[int, int] | None = (rgb.shape[1], rgb.shape[0])
+                decoded: tuple[int, int] | None = (rgb.shape[1], rgb.shape[0])
             except ImageDecodeError:
-                size = None
-            reports.append(TopicReport(info, f"compressed:{msg.format}", size))
+                decoded = None
+            reports.append(TopicReport(info, f"compressed:{getattr(msg, 'format', '?')}", decoded))
         return BagReport(path, reader.duration / 1e9, reader.message_count, tuple(reports))
 
 

@@ -1,18 +1,21 @@
-"""Opening bags of every kind with rosbags, and telling image topics from label topics.
+"""Opening bags of every kind with rosbags, naming them, and telling image from label topics.
 
 A bag is untrusted input: whatever rosbags raises while opening or reading it (corrupt chunks,
 truncated files, unknown storage) becomes one `BagError` naming the bag, so the CLI exits with 2.
+A bag is identified by its content, not its file name (`bag_source`): `day1/drive.mcap` and
+`day2/drive.mcap` are two bags, a copy of one bag is the same bag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_perception.dataset import safe_class_dir
+from tl_perception.dataset import slug
 from tl_perception.errors import BagError
 
 IMAGE_TYPES: dict[str, str] = {
@@ -40,11 +43,65 @@ class TopicInfo:
         return self.msgtype in LABEL_TYPES
 
 
-def bag_name(path: str | Path) -> str:
-    """The bag's name in file names and sequence ids: its stem as a safe slug."""
+@dataclass(frozen=True)
+class BagSource:
+    """A bag as a dataset records it; `name` is unique per content and readable.
+
+    `name` = `<file stem or rosbag2 directory name, slugged>-<first 8 hex of sha256>`; it prefixes
+    the bag's image files and sequence ids, so two different bags never share either.
+    """
+
+    path: Path
+    name: str
+    sha256: str
+    size: int
+
+    def record(self) -> dict[str, Any]:
+        """The entry of `dataset.json` `sources`."""
+        return {
+            "name": self.name,
+            "path": str(self.path.resolve()),
+            "sha256": self.sha256,
+            "bytes": self.size,
+        }
+
+
+_HASH_BLOCK = 1 << 20
+
+
+def bag_source(path: str | Path) -> BagSource:
+    """Name a bag by its content: SHA-256 of its storage files (a rosbag2 directory's files
+    other than metadata.yaml, with their names). Reading it once costs about as much as the
+    planning pass; it is what makes a same-named bag from another day a different bag.
+
+    Raises:
+        BagError: the path is not a bag or cannot be read.
+    """
     path = Path(path)
+    check_bag_path(path)
+    digest = hashlib.sha256()
+    size = 0
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.name != "metadata.yaml" and not p.name.startswith(".")
+        )
+    else:
+        files = [path]
+    try:
+        for file in files:
+            if path.is_dir():
+                digest.update(f"{file.name}\0".encode())
+            with file.open("rb") as fh:
+                while block := fh.read(_HASH_BLOCK):
+                    digest.update(block)
+                    size += len(block)
+    except OSError as err:
+        raise BagError(f"cannot read bag {str(path)!r}: {err.strerror or err}") from err
     stem = path.name if path.is_dir() else path.stem
-    return safe_class_dir(stem)
+    sha = digest.hexdigest()
+    return BagSource(path, f"{slug(stem) or 'bag'}-{sha[:8]}", sha, size)
 
 
 def check_bag_path(path: Path) -> None:
@@ -134,18 +191,6 @@ def require_topic(reader: Any, path: Path, topic: str, kinds: tuple[str, ...], r
             f"{' or '.join(kinds)}"
         )
     return msgtype
-
-
-def label_of(msg: Any) -> str | None:
-    """The label a String (its data) or Classification (best-scoring result) message carries."""
-    if hasattr(msg, "data") and isinstance(msg.data, str):
-        return msg.data
-    results = list(getattr(msg, "results", None) or [])
-    if not results:
-        return None
-    best = max(results, key=lambda r: float(getattr(r, "score", 0.0)))
-    value = getattr(best, "class_id", getattr(best, "id", None))
-    return None if value is None else str(value)
 
 
 def _describe(err: BaseException) -> str:

@@ -7,52 +7,42 @@ and nothing while the road is empty), so frames without a label are left out of 
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tl_perception.fsutil import atomic_write_text
+
+if TYPE_CHECKING:
+    from tl_perception.bag.labels import LabelTrack
 
 REPORT_MD = "report.md"
 LIVE_ACCURACY_PNG = "live_accuracy.png"
 LATENCY_PNG = "latency.png"
 
 
-def read_labels(bag: Path, topic: str) -> tuple[list[int], list[str]]:
-    """Log times (ns) and values of the label topic, in time order (no ROS needed)."""
-    from tl_perception.bag.reader import deserialize, iter_messages, label_of, open_bag
+def read_labels(bag: Path, topic: str) -> LabelTrack:
+    """The label topic's track: the same lookup extraction labels its frames with (no ROS)."""
+    from tl_perception.bag.labels import read_label_track
 
-    times: list[int] = []
-    values: list[str] = []
-    with open_bag(bag) as reader:
-        for conn, t_ns, raw in iter_messages(reader, bag, [topic]):
-            value = label_of(deserialize(reader, bag, raw, conn.msgtype))
-            if value:
-                times.append(t_ns)
-                values.append(value)
-    return times, values
-
-
-def label_at(stamp_ns: int, times: Sequence[int], values: Sequence[str], tol_ns: int) -> str | None:
-    pos = bisect.bisect_right(times, stamp_ns) - 1
-    if pos < 0 or stamp_ns - times[pos] > tol_ns:
-        return None
-    return values[pos]
+    return read_label_track(bag, topic)
 
 
 def score_live(
     records: Sequence[dict[str, Any]],
-    labels: tuple[list[int], list[str]],
+    labels: LabelTrack,
     tolerance_ns: int,
 ) -> dict[str, Any]:
-    """Live accuracy overall and per class, with latency percentiles, from collected records."""
-    times, values = labels
+    """Live accuracy overall and per class, with latency percentiles, from collected records.
+
+    A record is scored against `labels.at(stamp)`, the label extraction would give its frame;
+    frames without one (empty road, a stale or empty label) are left out.
+    """
     per_class: dict[str, list[int]] = {}
     for rec in records:
-        truth = label_at(int(rec["stamp_ns"]), times, values, tolerance_ns)
+        truth = labels.at(int(rec["stamp_ns"]), tolerance_ns)
         if truth is None:
             continue
         per_class.setdefault(truth, []).append(int(rec["top1"] == truth))
