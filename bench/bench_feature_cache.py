@@ -146,6 +146,7 @@ def train_plain(args: argparse.Namespace, out: Path) -> Path:
     from tl_perception.train.trainer import (
         Checkpoints,
         PhasePlan,
+        Recorder,
         balanced_class_weights,
         image_pipeline,
         run_phase,
@@ -153,12 +154,11 @@ def train_plain(args: argparse.Namespace, out: Path) -> Path:
 
     keras.utils.set_random_seed(args.seed)
     data = load_training_data(args.data, args.input_size, 0.2, args.seed, lambda _m: None)
-    spec = backbones.get_backbone("mobilenet_v2")
-    weights = backbones.resolve_weights(spec, args.weights, args.input_size, 0.35)
-    num_classes = len(data.class_names)
-    network = build_network(
-        spec, args.input_size, 0.35, weights, num_classes, "feature_extraction", None
+    backbone = backbones.choose_backbone(
+        "mobilenet_v2", alpha=0.35, input_size=args.input_size, weights=args.weights
     )
+    num_classes = len(data.class_names)
+    network = build_network(backbone, num_classes, "feature_extraction")
     set_phase(network, "head")
     batch = args.batch_size
     plan = PhasePlan(
@@ -177,7 +177,7 @@ def train_plain(args: argparse.Namespace, out: Path) -> Path:
     )
     checkpoints_dir = out.with_name(out.name + ".partial")
     checkpoints_dir.mkdir(parents=True)
-    run_phase(plan, Checkpoints.open(checkpoints_dir), None, lambda _m: None, verbose=0)
+    run_phase(plan, Recorder(Checkpoints.open(checkpoints_dir), log=lambda _m: None, verbose=0))
     meta = bundle_meta(
         class_names=data.class_names,
         input_size=(args.input_size, args.input_size),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,34 @@ def test_probe_on_near_duplicate_sequences_is_not_fooled() -> None:
     honest = linear_probe(features, labels, groups=groups)
     assert leaky["accuracy"] > 0.9
     assert honest["accuracy"] < 0.6
+
+
+def test_auto_probe_on_a_plain_tree_holds_out_whole_tracks_with_group_regex(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """Tracks of near-identical frames, classes unrelated to what the frames show: only
+    memory of the tracks can score, and the probe must not count that as transfer.
+
+    Enough tracks that the held-out quarter has ~15 of them: the probe's accuracy moves in
+    steps of one track, so a handful could beat chance by luck.
+    """
+    from finetune_helpers import write_png
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tracks"
+    for cls in ("a", "b", "c"):
+        for track in range(30):
+            blocks = rng.integers(0, 256, (4, 4, 3)).astype(np.int16)
+            base = np.kron(blocks, np.ones((8, 8, 1), dtype=np.int16))  # 32x32 patchwork
+            for frame in range(5):
+                rgb = np.clip(base + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+                write_png(root / cls / f"{cls}{track}_{frame:02d}.png", rgb)
+    weights = str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5")
+    cfg = _cfg(tmp_path, weights=weights)
+    leaky = decide_strategy(root, cfg, log=print)
+    honest = decide_strategy(root, dataclasses.replace(cfg, group_regex=r"^(\w+)_"), log=print)
+    for probe in ("probe_final", "probe_cut"):
+        seen, unseen = leaky[probe]["accuracy"], honest[probe]["accuracy"]
+        assert seen >= 0.85, leaky[probe]  # held-out frames of tracks it has seen
+        assert unseen <= 0.6, honest[probe]  # held-out tracks: chance is 1/3
+        assert seen - unseen >= 0.3

@@ -54,7 +54,7 @@ def test_cache_entries_are_keyed_by_weights_hash(tmp_path: Path) -> None:
 
     a = FeatureCache(tmp_path, {"backbone": "x", "weights_sha256": "1"})
     b = FeatureCache(tmp_path, {"backbone": "x", "weights_sha256": "2"})
-    a.save("ab" * 32, "v0", np.arange(3, dtype=np.float32))
+    a.save_many(["ab" * 32], "v0", np.arange(3, dtype=np.float32)[None])
     np.testing.assert_array_equal(a.load("ab" * 32, "v0"), [0, 1, 2])
     assert b.load("ab" * 32, "v0") is None
     assert not list(tmp_path.rglob("*.tmp"))
@@ -76,3 +76,13 @@ def test_cache_shards_are_read_back_by_a_new_instance_and_damage_is_ignored(
         np.testing.assert_array_equal(fresh.load(digest, "v0"), vector)
     shards[0].write_bytes(b"not a shard")
     assert FeatureCache(tmp_path, key).load(hashes[0], "v0") is None
+
+
+def test_default_cache_dir_is_the_projects_user_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tl_perception.fsutil import user_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert user_cache_dir() == tmp_path / "tl_perception"
+    assert FinetuneConfig().cache_root() == tmp_path / "tl_perception" / "features"

@@ -41,3 +41,17 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "no_bundle"), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tl-perception evaluate: error:")
+
+
+def test_choices_defined_in_heavy_modules_are_still_checked_at_parse_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """export's --quantize and evaluate's --backend come from inference/ (which imports OpenCV),
+    read only when the option is given."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "bundle", "--quantize", "int4"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'int4' (choose from float16, int8)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "bundle", "data", "--backend", "tpu"])
+    assert "(choose from auto, litert, keras)" in capsys.readouterr().err

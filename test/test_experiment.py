@@ -18,6 +18,7 @@ from tl_perception.demo.experiment import (
     STATE_FILE,
     BackboneSpec,
     ExperimentOptions,
+    results_markdown,
     run_experiment,
 )
 from tl_perception.errors import DatasetError, TrainingError
@@ -133,3 +134,21 @@ def test_unknown_strategy_and_bad_backbone_alpha_are_one_line_errors(tmp_path: P
     )
     with pytest.raises(TrainingError, match="unknown strategy 'distill'"):
         run_experiment(options)
+
+
+def test_group_regex_reaches_every_pair_and_is_checked_before_training(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    args = ["experiment", str(tiny_dataset), "--out", str(out), "--group-regex", "no_group"]
+    assert main([*args, "--weights", "none"]) == 2
+    assert "group_regex 'no_group' has no group" in capsys.readouterr().err
+    assert not (out / "bundles").exists()
+    options = ExperimentOptions(
+        dataset=tiny_dataset,
+        out=out,
+        backbones=(BackboneSpec("mobilenet_v2"),),
+        strategies=("feature_extraction",),
+        extra={"group_regex": r"^(\d+)"},
+    )
+    assert r"group_regex: `^(\d+)`" in results_markdown(options, [])

@@ -257,6 +257,73 @@ def test_validation_split_keeps_sequences_together(tmp_path: Path) -> None:
     assert {s.class_name for s in data.val.samples} == {"a", "b"}
 
 
+def write_tracks(root: Path, tracks: int = 6, frames: int = 5) -> Path:
+    """A plain tree whose file names are TRACK_FRAME.png, frames of a track near-identical.
+
+    Like GTSRB: every frame of a track is the same object with a little noise, so pixel
+    hashes differ and nothing but the file name tells the tracks apart.
+    """
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for track in range(tracks):
+            base = rng.integers(0, 256, (8, 8, 3)).astype(np.int16)
+            for frame in range(frames):
+                noise = rng.integers(-3, 4, base.shape)
+                rgb = np.clip(base + noise, 0, 255).astype(np.uint8)
+                write_png(root / cls / f"{cls}{track:03d}_{frame:02d}.png", rgb)
+    return root
+
+
+def _straddling(data) -> set[str]:
+    """Tracks (file-name prefixes) with frames on both sides of the split."""
+
+    def tracks(split) -> set[str]:
+        return {s.path.name.split("_")[0] for s in split.samples}
+
+    return tracks(data.train) & tracks(data.val)
+
+
+def test_group_regex_keeps_each_track_on_one_side_of_the_val_split(tmp_path: Path) -> None:
+    from tl_perception.train.data import load_training_data
+
+    root = write_tracks(tmp_path / "data")
+    leaky = load_training_data(root, 8, 0.3, seed=0, log=print)
+    assert _straddling(leaky)  # what a plain tree does without the regex
+    logs: list[str] = []
+    data = load_training_data(root, 8, 0.3, seed=0, log=logs.append, group_regex=r"^(\w+?)_")
+    assert not _straddling(data)
+    assert {s.class_name for s in data.val.samples} == {"a", "b"}
+    assert 0.2 <= len(data.val) / (len(data.train) + len(data.val)) <= 0.4
+    assert "group_regex" in data.val_source
+    assert "no sequences known" in leaky.val_source
+
+
+def test_group_regex_that_misses_a_file_name_is_a_one_line_error(tmp_path: Path) -> None:
+    from tl_perception.train.data import load_training_data
+
+    root = write_tracks(tmp_path / "data", tracks=2, frames=2)
+    write_png(root / "b" / "stray.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"matches no sequence in 1 of 9 .*'b/stray.png'"):
+        load_training_data(root, 8, 0.2, seed=0, log=print, group_regex=r"^(\w+?)_")
+
+
+def test_group_regex_is_checked_before_any_image_is_read(
+    color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(TrainingError, match="has no group"):
+        FinetuneConfig(group_regex=r"^\d+_").validate()
+    with pytest.raises(TrainingError, match="not a valid regex"):
+        load_config(None, group_regex="^(")
+    from tl_perception.cli import main
+
+    code = main(
+        ["finetune", str(color_dataset), "--out", str(tmp_path / "b"), "--group-regex", "("]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "group_regex '(' is not a valid regex" in err[0]
+
+
 def test_config_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "cfg.yaml"
     path.write_text("backbone: mobilenet\ninput-size: 64\nepochs: 3\n")

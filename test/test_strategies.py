@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tl_perception.backbones import WeightsChoice, get_backbone
+from tl_perception.backbones import choose_backbone, get_backbone
 from tl_perception.errors import TrainingError
 from tl_perception.train.strategies import PHASES, build_network, set_phase, trainable_counts
 
-RANDOM = WeightsChoice(None, "random initialisation")
-
 
 def _network(strategy: str, cut_layer: str | None = None):
-    spec = get_backbone("mobilenet_v2")
-    return build_network(spec, 32, 0.35, RANDOM, 3, strategy, cut_layer)
+    backbone = choose_backbone(
+        "mobilenet_v2", alpha=0.35, input_size=32, weights="none", cut_layer=cut_layer
+    )
+    return build_network(backbone, 3, strategy)
 
 
 def test_phases_follow_the_four_cases() -> None:

@@ -185,10 +185,59 @@ def resolve_weights(
     return WeightsChoice(str(path.resolve()), f"file {path.resolve()}")
 
 
+@dataclass(frozen=True)
+class BackboneChoice:
+    """A backbone with every option resolved, once, from the user's options.
+
+    Which network, at what input size and width, from which weights, cut where: every later
+    step reads these instead of resolving the options again.
+    """
+
+    spec: Backbone
+    input_size: int
+    alpha: float | None
+    weights: WeightsChoice
+    cut_layer: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def build_base(self) -> keras.Model:
+        """The no-top base with these weights."""
+        return build_base(self.spec, self.input_size, self.alpha, self.weights)
+
+
+def choose_backbone(
+    name: str,
+    *,
+    alpha: float | None = None,
+    input_size: int | None = None,
+    weights: str = "imagenet",
+    cut_layer: str | None = None,
+) -> BackboneChoice:
+    """Resolve the user's options (None: the backbone's default) before anything is trained.
+
+    `weights` is `imagenet`, `none` or a file. Raises TrainingError for any option the
+    backbone cannot take, so a run fails before it reads a single image.
+    """
+    spec = get_backbone(name)
+    size = resolve_input_size(spec, input_size)
+    weights_arg = None if weights == "none" else weights
+    width = resolve_alpha(spec, alpha, weights_arg)
+    return BackboneChoice(
+        spec=spec,
+        input_size=size,
+        alpha=width,
+        weights=resolve_weights(spec, weights_arg, size, width),
+        cut_layer=cut_layer or spec.default_cut_layer,
+    )
+
+
 def build_base(
     backbone: Backbone, input_size: int, alpha: float | None, weights: WeightsChoice
 ) -> keras.Model:
-    """The no-top backbone on float inputs (preprocessing is added by `preprocessing_layers`)."""
+    """The no-top backbone on float inputs (preprocessing is added by `apply_preprocessing`)."""
     import keras
 
     kwargs: dict[str, Any] = {}

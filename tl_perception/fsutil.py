@@ -6,6 +6,7 @@ An interrupted run therefore leaves either the old file or the new one, never ha
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -47,6 +48,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
+    """Render a matplotlib figure to PNG in memory, write it atomically, and close it.
+
+    `savefig` goes to `Figure.savefig` (e.g. `dpi`, `bbox_inches`). Closing frees the figure
+    that pyplot would otherwise keep alive for the rest of the process.
+    """
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", **savefig)
+    finally:
+        plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def user_cache_dir() -> Path:
+    """`${XDG_CACHE_HOME:-~/.cache}/tl_perception`: one root for every cache of the project.
+
+    Read at call time, so a user or a test may set `XDG_CACHE_HOME` late.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tl_perception"
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_perception.cliutil import comma_list
+from tl_perception.train.config import STRATEGIES, STRATEGY_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -56,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     exp.add_argument(
         "--strategies",
         type=comma_list,
-        default=["feature_extraction", "truncate", "fine_tune", "from_scratch"],
-        help="comma-separated from feature_extraction,truncate,fine_tune,from_scratch,auto",
+        default=list(STRATEGIES),
+        help=f"comma-separated from {','.join(STRATEGY_CHOICES)} (default: the four)",
     )
     exp.add_argument("--out", type=Path, required=True, help="results directory")
     exp.add_argument("--epochs", type=int, default=None, help="epochs (trainer default if unset)")
@@ -74,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     exp.add_argument(
         "--cache-dir", type=Path, default=None, help="feature cache (OUT/feature_cache)"
+    )
+    exp.add_argument(
+        "--group-regex",
+        metavar="REGEX",
+        help="as finetune's: its first group, searched in each file name, names the sequence "
+        "kept on one side of the val split and auto's probe",
     )
     exp.set_defaults(func=run_experiment_command)
 
@@ -93,6 +100,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         test_split=args.test_split,
         test_dataset=args.test,
         cache_dir=args.cache_dir,
+        extra={} if args.group_regex is None else {"group_regex": args.group_regex},
     )
     run_experiment(options)
     print((args.out / "results.md").read_text(encoding="utf-8"))

@@ -17,7 +17,8 @@ from typing import Any
 
 from tl_perception.dataset import read_dataset
 from tl_perception.errors import DatasetError, TrainingError
-from tl_perception.fsutil import atomic_write_json, atomic_write_text
+from tl_perception.fsutil import atomic_save_figure, atomic_write_json, atomic_write_text
+from tl_perception.train.config import STRATEGY_CHOICES, FinetuneConfig
 
 STATE_FILE = "experiment.json"
 RESULTS_MD = "results.md"
@@ -84,12 +85,10 @@ class ExperimentOptions:
 
 def run_experiment(options: ExperimentOptions, log: Log = print) -> dict[str, Any]:
     """Run every missing pair, then write results.md and results.png; returns the state."""
-    from tl_perception.train.config import STRATEGIES
-
     for strategy in options.strategies:
-        if strategy not in (*STRATEGIES, "auto"):
+        if strategy not in STRATEGY_CHOICES:
             raise TrainingError(
-                f"unknown strategy {strategy!r}; choose from {', '.join((*STRATEGIES, 'auto'))}"
+                f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGY_CHOICES)}"
             )
     _check_test_data(options)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +170,7 @@ def _run_pair(
     wall = time.perf_counter() - started
     test = options.test_dataset or options.dataset
     metrics = evaluate(result.bundle_path, test, split=options.test_split)
-    decision = dict(result.decision or {})
+    decision = result.decision
     return {
         "backbone": backbone.label,
         "strategy": strategy,
@@ -183,8 +182,8 @@ def _run_pair(
         "wall_seconds": round(wall, 2),
         "trainable_params": int(result.trainable_params),
         # Only an `auto` run's decision says what auto picks; fixed strategies say "set by user".
-        "auto_choice": decision.get("strategy") if strategy == "auto" else None,
-        "auto_reason": decision.get("reason") if strategy == "auto" else None,
+        "auto_choice": decision["strategy"] if strategy == "auto" else None,
+        "auto_reason": decision["reason"] if strategy == "auto" else None,
         "bundle": str(bundle),
     }
 
@@ -206,7 +205,7 @@ def _record_auto_choice(
     }
 
 
-def probe_auto_decision(dataset: Path, config: Any, log: Log) -> dict[str, Any]:
+def probe_auto_decision(dataset: Path, config: FinetuneConfig, log: Log) -> dict[str, Any]:
     """auto's decision (strategy, reason, probe numbers) for `config`, without training.
 
     The trainer's own `decide_strategy`, so the answer is the one `finetune --strategy auto`
@@ -217,9 +216,7 @@ def probe_auto_decision(dataset: Path, config: Any, log: Log) -> dict[str, Any]:
     return decide_strategy(dataset, config, log)
 
 
-def _config(options: ExperimentOptions, backbone: BackboneSpec, strategy: str) -> Any:
-    from tl_perception.train.config import FinetuneConfig
-
+def _config(options: ExperimentOptions, backbone: BackboneSpec, strategy: str) -> FinetuneConfig:
     return FinetuneConfig(
         backbone=backbone.name,
         alpha=backbone.alpha,
@@ -250,13 +247,14 @@ def results_markdown(options: ExperimentOptions, rows: Sequence[dict[str, Any]])
     """The comparison table (one row per pair) and auto's choice per backbone."""
     choices = auto_choices(rows)
     test = options.test_dataset or options.dataset
+    extra = "".join(f"; {name}: `{value}`" for name, value in sorted(options.extra.items()))
     lines = [
         f"# Experiment on `{options.dataset}`",
         "",
         f"Test images: `{test}` (split `{options.test_split}`). Epochs: "
         f"{options.epochs or 'trainer default'}; input size: "
         f"{options.input_size or 'backbone default'}; weights: {options.weights}; "
-        f"seed: {options.seed}.",
+        f"seed: {options.seed}{extra}.",
         "",
         "| backbone | strategy | test accuracy | val accuracy | train time (s) | "
         "trainable params | auto would choose |",
@@ -310,9 +308,4 @@ def plot_results(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[0].set_ylim(0, 1)
     axes[0].legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=100)

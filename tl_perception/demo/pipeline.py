@@ -49,7 +49,7 @@ class _State:
 
     def __init__(self, workdir: Path) -> None:
         self.path = workdir / STATE_FILE
-        self.steps: dict[str, Any] = {}
+        self.steps: dict[str, dict[str, Any]] = {}
         self._began: dict[str, float] = {}
         if self.path.is_file():
             try:
@@ -93,7 +93,7 @@ def run_demo(
 
     _step(2, "extract the training drive", log)
     dataset = workdir / "dataset"
-    extracted = _extract(state, bags["train"], dataset, log)
+    _extract(state, bags["train"], dataset, log)
 
     _step(3, f"finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, weights {weights})", log)
     bundle = workdir / "model"
@@ -112,7 +112,7 @@ def run_demo(
         state.finish("live", live_settings)
 
     _step(5, "report", log)
-    facts = _facts(workdir, bags, dataset, extracted, training, live, started)
+    facts = _facts(workdir, bags, dataset, state, live, started)
     order = ("synth_train", "synth_heldout", "extract", "finetune", "live")
     facts["step_seconds"] = {k: state.steps[k].get("seconds") for k in order if k in state.steps}
     from tl_perception.demo.report import write_report
@@ -304,8 +304,7 @@ def _facts(
     workdir: Path,
     bags: dict[str, Path],
     dataset: Path,
-    extracted: dict[str, Any],
-    training: dict[str, Any],
+    state: _State,
     live: dict[str, Any],
     started: float,
 ) -> dict[str, Any]:
@@ -314,6 +313,7 @@ def _facts(
     from tl_perception.synth.writer import LABEL_TOPIC
 
     bundle = workdir / "model"
+    extracted, training = state.steps["extract"], state.steps["finetune"]
     scored = score_live(
         live["records"], read_labels(bags["heldout"], LABEL_TOPIC), round(LABEL_TOLERANCE_S * 1e9)
     )

@@ -39,16 +39,17 @@ def augment_rgb(rgb: np.ndarray, seed: int, spec: AugmentSpec) -> np.ndarray:
     matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), angle, zoom)
     matrix[0, 2] += rng.uniform(-spec.shift, spec.shift) * width
     matrix[1, 2] += rng.uniform(-spec.shift, spec.shift) * height
-    out = cv2.warpAffine(
+    warped = cv2.warpAffine(
         rgb, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-    ).astype(np.float32)
+    )
+    out = np.asarray(warped, dtype=np.float32)
     contrast = 1.0 + rng.uniform(-spec.contrast, spec.contrast)
     brightness = rng.uniform(-spec.brightness, spec.brightness) * 255.0
     mean = out.mean()
     out = (out - mean) * contrast + mean + brightness
     if rng.random() < spec.blur_probability:
         sigma = rng.uniform(0.4, 1.0)
-        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma)
+        out = np.asarray(cv2.GaussianBlur(out, (0, 0), sigmaX=sigma))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

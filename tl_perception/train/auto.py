@@ -3,7 +3,9 @@
 Size is training images per class against `size_threshold`. Similarity is how well the
 pretrained features separate the classes: a closed-form ridge linear probe on cached,
 global-average-pooled features of the final layer and of the default cut layer, scored on a
-held-out quarter as "skill" = (accuracy - chance) / (1 - chance). Thresholds come from
+held-out quarter as "skill" = (accuracy - chance) / (1 - chance). The quarter is held out a
+whole sequence at a time (the manifest's, or `group_regex`'s for a plain tree): frames of one
+object on both sides would measure memory, not transfer. Thresholds come from
 measurements, not from the 2016 rule of thumb (see docs/training.md): on GTSRB with 100 images
 per class the probes reach only 0.38-0.54 while fine-tuning reaches 0.91, so low-but-useful
 features lead to `fine_tune`, not to `truncate` or `feature_extraction`.

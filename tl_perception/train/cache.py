@@ -75,69 +75,83 @@ class FeatureCache:
         atomic_write_bytes(self.dir / view / f"{name}.npz", buffer.getvalue())
         self._view_index(view).update(zip(hashes, matrix, strict=True))
 
-    def save(self, content_hash: str, view: str, vector: np.ndarray) -> None:
-        self.save_many([content_hash], view, np.asarray(vector)[None])
-
 
 def view_name(view: int, augment: str) -> str:
     return "v0" if view == 0 else f"{augment}{view}"
 
 
-def cached_features(
-    extractor: Any,
-    caches: Mapping[str, FeatureCache],
-    images: np.ndarray,
-    hashes: Sequence[str],
-    views: int,
-    augment: str,
-    batch_size: int,
-    stats: CacheStats,
-) -> dict[str, np.ndarray]:
-    """Features per output of `extractor` (a Keras model with a dict of pooled outputs).
+@dataclass
+class CachedExtractor:
+    """A feature extractor behind its caches: only image views they lack run through it.
 
-    Returns {output name: array (views + 1, N, D)}; view 0 is the plain image. Only image views
-    missing from any of the caches are run through the network.
+    `extractor` is a Keras model with a dict of pooled outputs, one per name in `caches` (a
+    single-output model feeds the one cache there is).
     """
-    spec = AUGMENT_SPECS.get(augment)
-    views = views if spec is not None else 0
-    names = list(caches)
-    result: dict[str, list[list[np.ndarray | None]]] = {
-        n: [[None] * len(hashes) for _ in range(views + 1)] for n in names
-    }
-    for view in range(views + 1):
+
+    extractor: Any
+    caches: Mapping[str, FeatureCache]
+    batch_size: int
+    stats: CacheStats
+
+    def features(
+        self, images: np.ndarray, hashes: Sequence[str], views: int = 0, augment: str = "none"
+    ) -> dict[str, np.ndarray]:
+        """{output name: array (views + 1, N, D)}: view 0 is the plain image, views 1..K are
+        seeded `augment` variations (there are none without augmentation)."""
+        count = views + 1 if AUGMENT_SPECS.get(augment) is not None else 1
+        if not hashes:
+            return {n: np.zeros((count, 0, 0), dtype=np.float32) for n in self.caches}
+        per_view = [self._view(images, hashes, view, augment) for view in range(count)]
+        return {n: np.stack([found[n] for found in per_view]) for n in self.caches}
+
+    def _view(
+        self, images: np.ndarray, hashes: Sequence[str], view: int, augment: str
+    ) -> dict[str, np.ndarray]:
+        """One view's vectors per output: read from the caches, the missing ones computed."""
         tag = view_name(view, augment)
-        missing = []
+        hits: dict[int, dict[str, np.ndarray]] = {}
+        missing: list[int] = []
         for i, digest in enumerate(hashes):
-            found = {n: caches[n].load(digest, tag) for n in names}
-            if all(v is not None for v in found.values()):
-                for n in names:
-                    result[n][view][i] = found[n]
-                stats.reused += 1
+            found = {n: cache.load(digest, tag) for n, cache in self.caches.items()}
+            complete = {n: vector for n, vector in found.items() if vector is not None}
+            if len(complete) == len(found):
+                hits[i] = complete
             else:
                 missing.append(i)
-        if not missing:
-            continue
-        batch = images[np.asarray(missing)]
+        self.stats.reused += len(hits)
+        computed = self._compute(images, hashes, missing, view, augment) if missing else {}
+        row_of = {i: row for row, i in enumerate(missing)}
+        return {
+            n: np.stack(
+                [hits[i][n] if i in hits else computed[n][row_of[i]] for i in range(len(hashes))]
+            )
+            for n in self.caches
+        }
+
+    def _compute(
+        self, images: np.ndarray, hashes: Sequence[str], rows: list[int], view: int, augment: str
+    ) -> dict[str, np.ndarray]:
+        """Run the images at `rows` (augmented for view > 0) through the network; cache them."""
+        spec = AUGMENT_SPECS.get(augment)
+        batch = images[np.asarray(rows)]
         if view > 0 and spec is not None:
             batch = np.stack(
                 [
                     augment_rgb(img, view_seed(hashes[i], view), spec)
-                    for img, i in zip(batch, missing, strict=True)
+                    for img, i in zip(batch, rows, strict=True)
                 ]
             )
-        outputs = extractor.predict(batch, batch_size=batch_size, verbose=0)
+        outputs = self.extractor.predict(batch, batch_size=self.batch_size, verbose=0)
+        names = list(self.caches)
         if not isinstance(outputs, dict):
             outputs = {names[0]: outputs}
-        missing_hashes = [hashes[i] for i in missing]
-        for n in names:
-            vectors = np.asarray(outputs[n], dtype=np.float32)
-            caches[n].save_many(missing_hashes, tag, vectors)
-            for row, i in enumerate(missing):
-                result[n][view][i] = vectors[row]
-        stats.computed += len(missing)
-    if not hashes:
-        return {n: np.zeros((views + 1, 0, 0), dtype=np.float32) for n in names}
-    return {n: np.stack([np.stack(v) for v in result[n]]) for n in names}
+        row_hashes = [hashes[i] for i in rows]
+        tag = view_name(view, augment)
+        computed = {n: np.asarray(outputs[n], dtype=np.float32) for n in names}
+        for n, vectors in computed.items():
+            self.caches[n].save_many(row_hashes, tag, vectors)
+        self.stats.computed += len(rows)
+        return computed
 
 
 def cache_key(

@@ -5,12 +5,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from typing import Any
 
 from tl_perception.backbones import BACKBONES
-
-STRATEGY_CHOICES = ("auto", "feature_extraction", "truncate", "fine_tune", "from_scratch")
+from tl_perception.train import eval_commands
+from tl_perception.train.config import (
+    AUGMENTS,
+    BATCHNORMS,
+    CLASS_WEIGHTS,
+    DISTRIBUTES,
+    FIELDS,
+    STRATEGY_CHOICES,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -31,42 +37,37 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, help="default: auto")
     p.add_argument("--cut-layer", metavar="NAME", help="truncate: layer to cut the base at")
     p.add_argument("--unfreeze", type=int, metavar="N", help="fine_tune: train the top N layers")
-    p.add_argument(
-        "--batchnorm", choices=("adapt", "frozen"), help="fine_tune: BatchNorm (default adapt)"
-    )
+    p.add_argument("--batchnorm", choices=BATCHNORMS, help="fine_tune: BatchNorm (default adapt)")
     p.add_argument("--epochs", type=int, help="default: per strategy (see docs)")
     p.add_argument("--head-epochs", type=int, help="fine_tune's frozen head phase (default 10)")
     p.add_argument("--batch-size", type=int, help="default: 32")
     p.add_argument("--learning-rate", type=float, help="default: per phase (see docs)")
-    p.add_argument("--augment", choices=("default", "none", "strong"))
-    p.add_argument("--class-weight", choices=("balanced", "none"))
+    p.add_argument("--augment", choices=AUGMENTS)
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTS)
     p.add_argument("--val-fraction", type=float, help="without a val split (default 0.2)")
+    p.add_argument(
+        "--group-regex",
+        metavar="REGEX",
+        help="plain trees: its first group, searched in each file name, names the sequence "
+        r"kept on one side of the val split and auto's probe (GTSRB: '^(\d+_\d+)_')",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", default=None, help="continue a run")
-    p.add_argument("--distribute", choices=("none", "mirrored", "multiworker"))
+    p.add_argument("--distribute", choices=DISTRIBUTES)
     p.add_argument("--cache-augmentations", type=int, metavar="K", help="default: 2")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default XDG cache)")
     p.add_argument("--size-threshold", type=int, help="auto: images/class for 'large'")
     p.add_argument("--no-export", dest="export_tflite", action="store_false", default=None)
     p.set_defaults(func=run_finetune)
-    if importlib.util.find_spec("tl_perception.train.eval_commands") is not None:
-        importlib.import_module("tl_perception.train.eval_commands").register(subparsers)
-
-
-OPTION_NAMES = (
-    "backbone", "alpha", "input_size", "weights", "strategy", "cut_layer", "unfreeze", "batchnorm",
-    "epochs",
-    "head_epochs", "batch_size", "learning_rate", "augment", "class_weight", "val_fraction",
-    "seed", "resume", "distribute", "cache_augmentations", "cache_dir", "size_threshold",
-    "export_tflite",
-)  # fmt: skip
+    eval_commands.register(subparsers)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     from tl_perception.train.config import load_config
     from tl_perception.train.finetune import finetune
 
-    overrides = {name: getattr(args, name, None) for name in OPTION_NAMES}
+    # Every config field the parser has an option for; unset options are None (not given).
+    overrides = {name: getattr(args, name, None) for name in FIELDS}
     config = load_config(args.config, **overrides)
     result = finetune(args.dataset, args.out, config)
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.4f}"

@@ -7,16 +7,21 @@ config is saved in the bundle (`bundle.json` "config" and `report/config.yaml`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tl_perception.errors import TrainingError
+from tl_perception.fsutil import user_cache_dir
 
+# The allowed values of the choice options: the CLI's `choices` come from here too.
 STRATEGIES: tuple[str, ...] = ("feature_extraction", "truncate", "fine_tune", "from_scratch")
+STRATEGY_CHOICES: tuple[str, ...] = ("auto", *STRATEGIES)
 AUGMENTS: tuple[str, ...] = ("default", "none", "strong")
 DISTRIBUTES: tuple[str, ...] = ("none", "mirrored", "multiworker")
 CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "none")
+BATCHNORMS: tuple[str, ...] = ("adapt", "frozen")
 
 
 @dataclass
@@ -38,6 +43,8 @@ class FinetuneConfig:
     augment: str = "default"
     class_weight: str = "balanced"
     val_fraction: float = 0.2
+    # Plain trees: regex whose first group, searched in each file name, names its sequence.
+    group_regex: str | None = None
     seed: int = 0
     resume: bool = False
     distribute: str = "none"
@@ -55,13 +62,15 @@ class FinetuneConfig:
 
     def validate(self) -> FinetuneConfig:
         """Raise TrainingError for values that cannot work; return self."""
-        _choice("strategy", self.strategy, ("auto", *STRATEGIES))
+        _choice("strategy", self.strategy, STRATEGY_CHOICES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("distribute", self.distribute, DISTRIBUTES)
         _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
-        _choice("batchnorm", self.batchnorm, ("adapt", "frozen"))
+        _choice("batchnorm", self.batchnorm, BATCHNORMS)
         if not 0.0 <= self.val_fraction < 1.0:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.group_regex is not None:
+            _check_group_regex(self.group_regex)
         for name in ("epochs", "head_epochs", "batch_size", "unfreeze", "input_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -81,17 +90,27 @@ class FinetuneConfig:
 
     def cache_root(self) -> Path:
         """`cache_dir` or `${XDG_CACHE_HOME:-~/.cache}/tl_perception/features`."""
-        import os
-
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-        return Path(base) / "tl_perception" / "features"
+        return user_cache_dir() / "features"
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise TrainingError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_group_regex(pattern: str) -> None:
+    """A regex with a group to name the sequence; caught here, before any image is read."""
+    try:
+        groups = re.compile(pattern).groups
+    except (re.error, TypeError) as err:
+        raise TrainingError(f"group_regex {pattern!r} is not a valid regex: {err}") from None
+    if groups < 1:
+        raise TrainingError(
+            f"group_regex {pattern!r} has no group; its first group names the sequence, "
+            r"e.g. '^(\d+_\d+)_' for GTSRB's CLASS_TRACK_FRAME.png"
+        )
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FinetuneConfig))

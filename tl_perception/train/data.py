@@ -3,12 +3,15 @@
 Images are decoded and resized with `tl_perception.images` (the same code the node uses), so
 training sees the pixels inference sees. Unreadable files are skipped and listed. Without a `val`
 split, validation is a stratified split of `train` that keeps near-duplicates together: images
-of one manifest `sequence` (or with identical pixels) never straddle train and val.
+of one sequence (the manifest's, or the first group of `group_regex` in the file name) or with
+identical pixels never straddle train and val.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,15 +38,31 @@ class Split:
     def __len__(self) -> int:
         return len(self.hashes)
 
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Split:
+        """The images at positions `idx`, in that order."""
+        positions = [int(i) for i in idx]
+        rows = np.asarray(positions, dtype=np.int64)
+        return Split(
+            self.images[rows],
+            self.labels[rows],
+            [self.hashes[i] for i in positions],
+            [self.samples[i] for i in positions],
+        )
+
+    def sequences(self) -> list[str | None]:
+        """Each image's sequence (None where unknown): the groups the probe keeps whole."""
+        return [sample.sequence for sample in self.samples]
+
 
 @dataclass
 class TrainingData:
+    """A dataset decoded for training: classes, train and val splits, and how val was made."""
+
     class_names: tuple[str, ...]
     train: Split
     val: Split
     val_source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    test_samples: tuple[Sample, ...] = ()
 
     def images_per_class(self) -> float:
         return len(self.train) / len(self.class_names)
@@ -79,17 +98,49 @@ def load_split(
     return Split(array, np.asarray(labels, dtype=np.int64), hashes, kept)
 
 
+def group_by_file_name(samples: Sequence[Sample], pattern: str) -> list[Sample]:
+    """`samples` with `sequence` set to the first group of `pattern` searched in the file name.
+
+    Raises:
+        DatasetError: a file name the pattern does not match (or whose first group is empty).
+            Such a file cannot silently become its own group: its near-duplicates would land
+            on both sides of the split again, which is what the pattern is there to prevent.
+    """
+    regex = re.compile(pattern)
+    grouped, unmatched = [], []
+    for sample in samples:
+        match = regex.search(sample.path.name)
+        group = match.group(1) if match else None
+        if group:
+            grouped.append(dataclasses.replace(sample, sequence=group))
+        else:
+            unmatched.append(f"{sample.class_name}/{sample.path.name}")
+    if unmatched:
+        raise DatasetError(
+            f"group_regex {pattern!r} matches no sequence in {len(unmatched)} of {len(samples)} "
+            f"training file names, e.g. {unmatched[0]!r}; its first group must name the "
+            "sequence in every file name (rename the files or fix the regex)"
+        )
+    return grouped
+
+
 def load_training_data(
     dataset_path: str | Path,
     input_size: int,
     val_fraction: float,
     seed: int,
     log: Log = print,
+    *,
+    group_regex: str | None = None,
 ) -> TrainingData:
     """Read, decode and split a dataset for training.
 
+    `group_regex` names each training image's sequence from its file name (it replaces the
+    manifest's sequences), for the validation split and auto's probe.
+
     Raises:
-        DatasetError: no usable images, or a class with fewer than 2 readable images.
+        DatasetError: no usable images, a class with fewer than 2 readable images, or a
+            training file name that `group_regex` does not match.
     """
     index = read_dataset(dataset_path)
     if index.splits():
@@ -101,6 +152,8 @@ def load_training_data(
             )
     else:
         pool, given_val = list(index.samples), []
+    if group_regex is not None:
+        pool = group_by_file_name(pool, group_regex)
     class_names = tuple(sorted({s.class_name for s in pool}))
     skipped: list[tuple[str, str]] = []
     train_all = load_split(pool, class_names, input_size, skipped)
@@ -127,13 +180,25 @@ def load_training_data(
     else:
         train, val = split_stratified(train_all, val_fraction, seed)
         source = (
-            f"stratified {val_fraction:.0%} of train (seed {seed}), near-duplicates kept together"
+            f"stratified {val_fraction:.0%} of train (seed {seed}), {_grouping(pool, group_regex)}"
         )
     if skipped:
         log(f"skipped {len(skipped)} unreadable file(s):")
         for path, reason in skipped:
             log(f"  {path}: {reason}")
-    return TrainingData(class_names, train, val, source, skipped, index.split("test"))
+    return TrainingData(class_names, train, val, source, skipped)
+
+
+def _grouping(pool: Sequence[Sample], group_regex: str | None) -> str:
+    """How the validation split groups images, for the log and bundle.json."""
+    if group_regex is not None:
+        return f"sequences from group_regex {group_regex!r} and identical images kept together"
+    if any(sample.sequence for sample in pool):
+        return "manifest sequences and identical images kept together"
+    return (
+        "only identical images kept together (no sequences known: near-duplicate frames of one "
+        "object may sit on both sides; see group_regex)"
+    )
 
 
 def split_stratified(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -142,7 +207,7 @@ def split_stratified(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
     Each class keeps at least one group in train; a class with a single group stays in train.
     """
     if fraction <= 0:
-        return data, _subset(data, [])
+        return data, data.subset([])
     rng = np.random.default_rng(seed)
     groups: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, (label, sample, digest) in enumerate(
@@ -166,14 +231,4 @@ def split_stratified(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
             taken += len(members[pos])
     val_set = set(val_idx)
     train_idx = [i for i in range(len(data)) if i not in val_set]
-    return _subset(data, train_idx), _subset(data, sorted(val_idx))
-
-
-def _subset(data: Split, idx: Sequence[int]) -> Split:
-    idx_array = np.asarray(idx, dtype=np.int64)
-    return Split(
-        data.images[idx_array],
-        data.labels[idx_array],
-        [data.hashes[i] for i in idx],
-        [data.samples[i] for i in idx],
-    )
+    return data.subset(train_idx), data.subset(sorted(val_idx))

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tl_perception.cliutil import lazy_choice
+
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add `evaluate` and `export` to `tl-perception`."""
@@ -32,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     ev.add_argument(
         "--backend",
-        choices=("keras", "litert", "auto"),
+        type=lazy_choice("tl_perception.inference", "BACKENDS"),
         default="keras",
-        help="run the Keras model (reference, default) or the TFLite model",
+        help="keras (the reference, default), litert (the TFLite model) or auto",
     )
     ev.set_defaults(func=run_evaluate)
 
@@ -51,9 +53,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     ex.add_argument(
         "--quantize",
-        choices=("float16", "int8"),
+        type=lazy_choice("tl_perception.inference.convert", "QUANTIZE_MODES"),
         default=None,
-        help="weight quantisation (default: none, float32); int8 calibrates on training images",
+        help="float16 or int8 weight quantisation (default: float32); int8 calibrates on "
+        "training images",
     )
     ex.add_argument(
         "--dataset",

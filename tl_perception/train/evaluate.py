@@ -86,14 +86,14 @@ def compute_metrics(
     wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:MAX_MISTAKES]
     mistakes = [
         {
-            "index": int(i),
+            "index": i,
             "path": str(paths[i]) if paths is not None else None,
-            "true": class_names[y_true[i]],
-            "predicted": class_names[y_pred[i]],
+            "true": class_names[int(y_true[i])],
+            "predicted": class_names[int(y_pred[i])],
             "score": float(probs[i, y_pred[i]]),
             "true_score": float(probs[i, y_true[i]]),
         }
-        for i in wrong
+        for i in wrong.tolist()
     ]
     return {
         "accuracy": float((y_pred == y_true).mean()) if n else 0.0,
@@ -262,7 +262,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     den = np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros_like(den), where=den > 0)
+    quotient: np.ndarray = np.divide(num, den, out=np.zeros_like(den), where=den > 0)
+    return quotient
 
 
 def _mean(values: np.ndarray) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from tl_perception.dataset import DatasetIndex, Sample, read_dataset
 from tl_perception.errors import BundleError, DatasetError, ImageDecodeError
 from tl_perception.fsutil import atomic_write_bytes
 from tl_perception.images import read_image_file, resize_rgb
+from tl_perception.inference import Classifier, keras_to_tflite
+from tl_perception.inference.backends import LiteRTBackend
+from tl_perception.inference.convert import QUANTIZE_MODES, SIDECAR_FILE
 
-QUANTIZE_MODES = (None, "float16", "int8")
 MAX_CALIBRATION_IMAGES = 200
 MIN_FLOAT_AGREEMENT = 0.99
 BATCH_SIZE = 64
@@ -53,8 +55,6 @@ def export_tflite(
             is below 0.99 (nothing is written then).
         DatasetError: int8 without any calibration image.
     """
-    from tl_perception.inference import keras_to_tflite
-
     bundle = read_bundle(bundle_path)
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
@@ -116,13 +116,11 @@ def _dataset(bundle: Bundle, dataset_path: str | Path | None) -> DatasetIndex | 
     return None
 
 
-def recorded_dataset_path(meta: Any) -> str | None:
-    """The training dataset bundle.json records: `dataset.path`, `dataset` or `dataset_path`."""
-    for entry in (meta.get("dataset"), meta.get("dataset_path")):
-        value = entry.get("path") or entry.get("root") if isinstance(entry, dict) else entry
-        if isinstance(value, str) and value:
-            return value
-    return None
+def recorded_dataset_path(meta: Mapping[str, Any]) -> str | None:
+    """The training dataset's path that `finetune` records in bundle.json (`dataset.path`)."""
+    dataset = meta.get("dataset")
+    path = dataset.get("path") if isinstance(dataset, dict) else None
+    return path if isinstance(path, str) and path else None
 
 
 def _split(dataset: DatasetIndex, preferred: Sequence[str]) -> tuple[Sample, ...]:
@@ -161,9 +159,6 @@ def _agreement(
     bundle: Bundle, tflite: bytes, items: Sequence[ImageItem]
 ) -> tuple[float | None, int]:
     """Share of images with the same top-1 class from Keras and from the TFLite flatbuffer."""
-    from tl_perception.inference import Classifier
-    from tl_perception.inference.backends import LiteRTBackend
-
     images = _load(items, bundle.input_size)
     if not images:
         return None, 0
@@ -179,7 +174,5 @@ def _agreement(
 
 def _drop_conversion_cache_marker(bundle: Bundle) -> None:
     """Without its sidecar, `model.tflite` counts as shipped and is never silently reconverted."""
-    from tl_perception.inference.convert import SIDECAR_FILE
-
     with contextlib.suppress(FileNotFoundError):
         (bundle.path / SIDECAR_FILE).unlink()

@@ -3,11 +3,13 @@
 Steps: load and split the data; pick the strategy (`auto` measures, see `auto.py`); train its
 phases (frozen phases on cached bottleneck features, unfrozen phases end to end); write the
 bundle atomically with the decision, config, history and metrics in bundle.json and TensorBoard
-logs in report/; then evaluate on the val split and export TFLite when those modules exist.
+logs in report/; then evaluate on the val split and export TFLite.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import shutil
 import tempfile
 import time
@@ -23,18 +25,23 @@ from tl_perception.bundle import REPORT_DIR, bundle_meta, write_bundle
 from tl_perception.errors import TlPerceptionError, TrainingError
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
 from tl_perception.train import auto
-from tl_perception.train.cache import CacheStats, FeatureCache, cache_key, cached_features
 from tl_perception.train.config import FinetuneConfig
 from tl_perception.train.data import TrainingData, load_training_data
+from tl_perception.train.evaluate import evaluate_samples
+from tl_perception.train.export import export_tflite
 from tl_perception.train.phases import train_phases
-from tl_perception.train.strategies import build_network, probe_extractor
-from tl_perception.train.trainer import Checkpoints
+from tl_perception.train.report import plot_training_curves
+from tl_perception.train.run import TrainingRun
+from tl_perception.train.strategies import Network, build_network, probe_extractor
+from tl_perception.train.trainer import Checkpoints, Recorder
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class FinetuneResult:
+    """What a run produced and measured; the same facts bundle.json records."""
+
     bundle_path: Path
     strategy: str
     decision: dict[str, Any]
@@ -57,119 +64,63 @@ def finetune(
     """Train a classifier bundle on `dataset_path` (see docs/training.md for every option).
 
     Raises:
-        DatasetError: empty dataset, unreadable tree, a class with < 2 images.
+        DatasetError: empty dataset, unreadable tree, a class with < 2 images, file names that
+            `group_regex` does not match.
         TrainingError: unknown backbone, impossible input size, missing weights, bad options.
     """
     import keras
 
     cfg = (config or FinetuneConfig()).validate()
-    spec = backbones.get_backbone(cfg.backbone)
-    size = backbones.resolve_input_size(spec, cfg.input_size)
-    weights_arg = None if cfg.weights == "none" else cfg.weights
-    alpha = backbones.resolve_alpha(spec, cfg.alpha, weights_arg)
-    cut_layer = cfg.cut_layer or spec.default_cut_layer
+    backbone = _choose_backbone(cfg)
     out = Path(out_bundle_path)
-    partial = out.with_name(out.name + ".partial")
-    checkpoints = Checkpoints.open(partial) if cfg.resume else Checkpoints(partial)
-    _check_resume(checkpoints, cfg, log)
-    weights = backbones.resolve_weights(spec, weights_arg, size, alpha)
-
+    checkpoints = _open_checkpoints(out, cfg, log)
     start = time.monotonic()
     keras.utils.set_random_seed(cfg.seed)
-    data = load_training_data(dataset_path, size, cfg.val_fraction, cfg.seed, log)
-    num_classes = len(data.class_names)
+    run = TrainingRun(cfg, backbone, _load_data(dataset_path, cfg, backbone, log), log)
     log(
-        f"{len(data.train)} train / {len(data.val)} val images, {num_classes} classes "
-        f"(val: {data.val_source})"
+        f"{len(run.data.train)} train / {len(run.data.val)} val images, "
+        f"{len(run.data.class_names)} classes (val: {run.data.val_source})"
     )
-    if partial.exists() and not cfg.resume:
-        shutil.rmtree(partial)  # only now: bad input must not destroy an interrupted run
+    if checkpoints.directory.exists() and not cfg.resume:
+        shutil.rmtree(checkpoints.directory)  # only now: bad input must not destroy a run
     checkpoints.save_state()
-    log(f"backbone {spec.name} alpha={alpha} input {size}px, weights: {weights.description}")
-    stats = CacheStats()
-    cache_root = cfg.cache_root()
-    tensorboard_dir = Path(tempfile.mkdtemp(prefix="tl_perception_tb_"))
-
-    with _distribution(cfg.distribute, log).scope():
-        base = None
-        decision = checkpoints.state.get("decision")
-        if decision is None and cfg.strategy == "auto":
-            base = backbones.build_base(spec, size, alpha, weights)
-            decision = _auto_decision(
-                spec, base, size, alpha, cut_layer, data, cfg, cache_root, stats, log
-            )
-        elif decision is None:
-            decision = {"strategy": cfg.strategy, "reason": "set by user"}
-        strategy = decision["strategy"]
-        log(f"strategy: {decision['reason']}")
-        checkpoints.state.update(strategy=strategy, decision=decision)
-        checkpoints.save_state()
-        network = build_network(
-            spec, size, alpha, weights, num_classes, strategy, cut_layer, base=base
-        )
-        history, phases = train_phases(
-            network, strategy, data, cfg, spec.name, alpha, size, cache_root, stats,
-            checkpoints, tensorboard_dir, log, verbose,
-        )  # fmt: skip
-    train_seconds = time.monotonic() - start
-    val_accuracy = _val_accuracy(network.model, data, cfg.batch_size)
-    if val_accuracy is not None:
-        log(f"val accuracy {val_accuracy:.4f} after {train_seconds:.0f} s")
-    meta = bundle_meta(
-        class_names=data.class_names,
-        input_size=(size, size),
-        backbone=spec.name,
-        alpha=alpha,
-        strategy=strategy,
-        auto=decision if cfg.strategy == "auto" else None,
-        decision=decision,
-        config=cfg.to_dict(),
-        weights=weights.description,
-        base_weights_sha256=network.base_fingerprint,
-        feature_layer=network.feature_layer,
-        cut_layer=cut_layer if strategy == "truncate" else None,
-        dataset={
-            "path": str(Path(dataset_path).resolve()),
-            "train_images": len(data.train),
-            "val_images": len(data.val),
-            "val_source": data.val_source,
-            "fingerprint": _fingerprint(data),
-            "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
-        },
-        metrics={"val_accuracy": val_accuracy},
-        phases=phases,
-        feature_cache=stats.as_dict(),
-        train_seconds=round(train_seconds, 2),
+    log(
+        f"backbone {backbone.name} alpha={backbone.alpha} input {backbone.input_size}px, "
+        f"weights: {backbone.weights.description}"
     )
-
-    def report_files(stage: Path) -> None:
-        report = stage / REPORT_DIR
-        report.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(report / "history.json", history)
-        import yaml
-
-        atomic_write_text(report / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-        if tensorboard_dir.is_dir():
-            shutil.copytree(tensorboard_dir, report / "tensorboard", dirs_exist_ok=True)
-        _plot_curves(history, report / "training_curves.png", log)
-
-    bundle = write_bundle(out, network.model, meta, extra_files=report_files)
-    shutil.rmtree(tensorboard_dir, ignore_errors=True)
-    shutil.rmtree(partial, ignore_errors=True)
-    log(f"wrote bundle {bundle.path}")
-    _evaluate_and_export(bundle.path, data, cfg, log)
-    return FinetuneResult(
-        bundle_path=bundle.path,
-        strategy=strategy,
+    tensorboard_dir = Path(tempfile.mkdtemp(prefix="tl_perception_tb_"))
+    recorder = Recorder(checkpoints, tensorboard_dir, log, verbose)
+    with _distribution(cfg.distribute, log).scope():
+        decision, base = _decision(run, checkpoints)
+        network = build_network(
+            backbone, len(run.data.class_names), decision["strategy"], base=base
+        )
+        history, phases = train_phases(network, run, recorder)
+    result = FinetuneResult(
+        bundle_path=out,
+        strategy=network.strategy,
         decision=decision,
-        val_accuracy=val_accuracy,
-        train_seconds=train_seconds,
+        val_accuracy=_val_accuracy(network.model, run.data, cfg.batch_size),
+        train_seconds=time.monotonic() - start,
         trainable_params=max((p["trainable_params"] for p in phases), default=0),
         history=history,
         phases=phases,
-        cache=stats.as_dict(),
-        skipped=list(data.skipped),
+        cache=run.stats.as_dict(),
+        skipped=list(run.data.skipped),
     )
+    if result.val_accuracy is not None:
+        log(f"val accuracy {result.val_accuracy:.4f} after {result.train_seconds:.0f} s")
+    bundle = write_bundle(
+        out,
+        network.model,
+        _bundle_meta(run, network, result, dataset_path),
+        extra_files=lambda stage: _write_report(stage / REPORT_DIR, run, history, tensorboard_dir),
+    )
+    shutil.rmtree(tensorboard_dir, ignore_errors=True)
+    shutil.rmtree(checkpoints.directory, ignore_errors=True)
+    log(f"wrote bundle {bundle.path}")
+    _evaluate_and_export(bundle.path, run.data, cfg, log)
+    return dataclasses.replace(result, bundle_path=bundle.path)
 
 
 def decide_strategy(
@@ -182,37 +133,73 @@ def decide_strategy(
     import keras
 
     cfg = (config or FinetuneConfig()).validate()
-    spec = backbones.get_backbone(cfg.backbone)
-    size = backbones.resolve_input_size(spec, cfg.input_size)
-    weights_arg = None if cfg.weights == "none" else cfg.weights
-    alpha = backbones.resolve_alpha(spec, cfg.alpha, weights_arg)
+    backbone = _choose_backbone(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    data = load_training_data(dataset_path, size, cfg.val_fraction, cfg.seed, log)
-    weights = backbones.resolve_weights(spec, weights_arg, size, alpha)
-    base = backbones.build_base(spec, size, alpha, weights)
-    cut_layer = cfg.cut_layer or spec.default_cut_layer
-    stats = CacheStats()
-    decision = _auto_decision(
-        spec, base, size, alpha, cut_layer, data, cfg, cfg.cache_root(), stats, log
-    )
+    run = TrainingRun(cfg, backbone, _load_data(dataset_path, cfg, backbone, log), log)
+    decision = _auto_decision(run, backbone.build_base())
     log(f"strategy: {decision['reason']}")
     return decision
 
 
-def _check_resume(checkpoints: Checkpoints, cfg: FinetuneConfig, log: Log) -> None:
-    """`--resume` only continues a run with the same options (epochs may grow)."""
+def _choose_backbone(cfg: FinetuneConfig) -> backbones.BackboneChoice:
+    return backbones.choose_backbone(
+        cfg.backbone,
+        alpha=cfg.alpha,
+        input_size=cfg.input_size,
+        weights=cfg.weights,
+        cut_layer=cfg.cut_layer,
+    )
+
+
+def _load_data(
+    dataset_path: str | Path, cfg: FinetuneConfig, backbone: backbones.BackboneChoice, log: Log
+) -> TrainingData:
+    return load_training_data(
+        dataset_path,
+        backbone.input_size,
+        cfg.val_fraction,
+        cfg.seed,
+        log,
+        group_regex=cfg.group_regex,
+    )
+
+
+def _open_checkpoints(out: Path, cfg: FinetuneConfig, log: Log) -> Checkpoints:
+    """The run's `<out>.partial/` checkpoints, refusing a `--resume` with other options.
+
+    `--resume` only continues a run with the same options (epochs may grow). Without it the
+    run starts fresh; an old directory is removed only once the data has loaded.
+    """
+    partial = out.with_name(out.name + ".partial")
+    checkpoints = Checkpoints.open(partial) if cfg.resume else Checkpoints(partial)
     loose = {"resume", "epochs", "head_epochs", "patience"}
     wanted = {k: v for k, v in cfg.to_dict().items() if k not in loose}
-    saved = checkpoints.state.get("config")
+    saved: dict[str, Any] | None = checkpoints.state.get("config")
     if cfg.resume and saved is None:
         log("--resume: no interrupted run found, starting fresh")
-    elif cfg.resume and saved != wanted:
+    elif cfg.resume and saved is not None and saved != wanted:
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
         raise TrainingError(
             f"--resume: options {changed} differ from the interrupted run in "
-            f"{str(checkpoints.directory)!r}; rerun with the same options or without --resume"
+            f"{str(partial)!r}; rerun with the same options or without --resume"
         )
     checkpoints.state["config"] = wanted
+    return checkpoints
+
+
+def _decision(run: TrainingRun, checkpoints: Checkpoints) -> tuple[dict[str, Any], Any | None]:
+    """The strategy and why (a resumed run keeps its own), and the base auto's probe built."""
+    decision: dict[str, Any] | None = checkpoints.state.get("decision")
+    base = None
+    if decision is None and run.cfg.strategy == "auto":
+        base = run.backbone.build_base()
+        decision = _auto_decision(run, base)
+    elif decision is None:
+        decision = {"strategy": run.cfg.strategy, "reason": "set by user"}
+    run.log(f"strategy: {decision['reason']}")
+    checkpoints.state["decision"] = decision
+    checkpoints.save_state()
+    return decision, base
 
 
 def _distribution(name: str, log: Log) -> Any:
@@ -228,36 +215,26 @@ def _distribution(name: str, log: Log) -> Any:
     return tf.distribute.get_strategy()
 
 
-def _auto_decision(
-    spec: backbones.Backbone,
-    base: Any,
-    size: int,
-    alpha: float | None,
-    cut_layer: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    cache_root: Path,
-    stats: CacheStats,
-    log: Log,
-) -> dict[str, Any]:
-    """Linear probes on cached pooled features of the final and the cut layer."""
-    extractor = probe_extractor(spec, base, size, cut_layer)
+def _auto_decision(run: TrainingRun, base: Any) -> dict[str, Any]:
+    """Linear probes on cached pooled features of the final and the cut layer.
+
+    The probe holds out whole sequences (the manifest's, or `group_regex`'s), so frames of one
+    object on both sides cannot make the features look better than they are.
+    """
+    cfg, choice = run.cfg, run.backbone
     fingerprint = backbones.weights_fingerprint(base)
     caches = {
-        "final": FeatureCache(
-            cache_root, cache_key(spec.name, alpha, fingerprint, base.layers[-1].name, size)
-        ),
-        "cut": FeatureCache(cache_root, cache_key(spec.name, alpha, fingerprint, cut_layer, size)),
+        "final": run.feature_cache(fingerprint, base.layers[-1].name),
+        "cut": run.feature_cache(fingerprint, choice.cut_layer),
     }
-    pick = auto.probe_subset(data.train.labels, cfg.probe_max_per_class, cfg.seed)
-    images = data.train.images[pick]
-    hashes = [data.train.hashes[i] for i in pick]
-    feats = cached_features(extractor, caches, images, hashes, 0, "none", cfg.batch_size, stats)
-    labels = data.train.labels[pick]
-    groups = [data.train.samples[i].sequence for i in pick]
-    probe_final = auto.linear_probe(feats["final"][0], labels, cfg.seed, groups)
-    probe_cut = auto.linear_probe(feats["cut"][0], labels, cfg.seed, groups)
-    return auto.decide(data.images_per_class(), probe_final, probe_cut, cut_layer, cfg)
+    extractor = run.cached_extractor(probe_extractor(choice, base), caches)
+    pick = auto.probe_subset(run.data.train.labels, cfg.probe_max_per_class, cfg.seed)
+    probed = run.data.train.subset(pick)
+    features = extractor.features(probed.images, probed.hashes)
+    groups = probed.sequences()
+    probe_final = auto.linear_probe(features["final"][0], probed.labels, cfg.seed, groups)
+    probe_cut = auto.linear_probe(features["cut"][0], probed.labels, cfg.seed, groups)
+    return auto.decide(run.data.images_per_class(), probe_final, probe_cut, choice.cut_layer, cfg)
 
 
 def _val_accuracy(model: Any, data: TrainingData, batch_size: int) -> float | None:
@@ -268,23 +245,60 @@ def _val_accuracy(model: Any, data: TrainingData, batch_size: int) -> float | No
 
 
 def _fingerprint(data: TrainingData) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for h in sorted(data.train.hashes + data.val.hashes):
         digest.update(h.encode())
     return digest.hexdigest()
 
 
-def _plot_curves(history: dict[str, list[float]], out_png: Path, log: Log) -> None:
+def _bundle_meta(
+    run: TrainingRun, network: Network, result: FinetuneResult, dataset_path: str | Path
+) -> dict[str, Any]:
+    """bundle.json: the contract's fields and everything that says how the model was made."""
+    cfg, choice, data = run.cfg, run.backbone, run.data
+    return bundle_meta(
+        class_names=data.class_names,
+        input_size=(choice.input_size, choice.input_size),
+        backbone=choice.name,
+        alpha=choice.alpha,
+        strategy=result.strategy,
+        auto=result.decision if cfg.strategy == "auto" else None,
+        decision=result.decision,
+        config=cfg.to_dict(),
+        weights=choice.weights.description,
+        base_weights_sha256=network.base_fingerprint,
+        feature_layer=network.feature_layer,
+        cut_layer=choice.cut_layer if result.strategy == "truncate" else None,
+        dataset={
+            "path": str(Path(dataset_path).resolve()),
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "val_source": data.val_source,
+            "fingerprint": _fingerprint(data),
+            "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
+        },
+        metrics={"val_accuracy": result.val_accuracy},
+        phases=result.phases,
+        feature_cache=result.cache,
+        train_seconds=round(result.train_seconds, 2),
+    )
+
+
+def _write_report(
+    report: Path, run: TrainingRun, history: dict[str, list[float]], tensorboard_dir: Path
+) -> None:
+    """report/: history, effective config, TensorBoard logs, training curves."""
+    import yaml
+
+    report.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(report / "history.json", history)
+    atomic_write_text(report / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=True))
+    if tensorboard_dir.is_dir():
+        shutil.copytree(tensorboard_dir, report / "tensorboard", dirs_exist_ok=True)
     try:
-        from tl_perception.train.report import plot_training_curves
-    except ImportError:
-        return
-    try:
-        plot_training_curves(history, out_png)
+        plot_training_curves(history, report / "training_curves.png")
     except Exception as err:  # a plot must never cost the trained model
-        log(f"training curves not drawn: {err}")
+        run.log(f"training curves not drawn: {err}")
 
 
 def _evaluate_and_export(
@@ -294,9 +308,6 @@ def _evaluate_and_export(
 
     The Keras bundle is already complete; a failed export is reported, not fatal.
     """
-    from tl_perception.train.evaluate import evaluate_samples
-    from tl_perception.train.export import export_tflite
-
     if cfg.evaluate and data.val.samples:
         evaluate_samples(bundle_path, data.val.samples, out_dir=bundle_path / REPORT_DIR)
     if cfg.export_tflite:
@@ -304,6 +315,6 @@ def _evaluate_and_export(
             record = export_tflite(
                 bundle_path, agreement_samples=data.val.samples or data.train.samples
             )
-            log(f"exported model.tflite (top-1 agreement {record.get('top1_agreement')})")
+            log(f"exported model.tflite (top-1 agreement {record['top1_agreement']})")
         except TlPerceptionError as err:
             log(f"TFLite export failed, the Keras bundle stands: {err}")

@@ -6,26 +6,20 @@ unfrozen phases train end to end on images with online augmentation and a cosine
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tl_perception.train.cache import CacheStats, FeatureCache, cache_key, cached_features
-from tl_perception.train.config import FinetuneConfig
-from tl_perception.train.data import TrainingData
-from tl_perception.train.strategies import PHASES, set_phase, trainable_counts
+from tl_perception.train.run import TrainingRun
+from tl_perception.train.strategies import Network, set_phase, trainable_counts
 from tl_perception.train.trainer import (
-    Checkpoints,
     PhasePlan,
+    Recorder,
     balanced_class_weights,
     feature_pipeline,
     image_pipeline,
     run_phase,
 )
-
-Log = Callable[[str], None]
 
 #: Defaults measured on GTSRB (docs/training.md): epochs and Adam rates per phase kind.
 DEFAULT_EPOCHS = {"head": 40, "fine_tune": 15, "from_scratch": 40}
@@ -37,48 +31,34 @@ FINE_TUNE_BN_MOMENTUM = 0.99
 
 
 def train_phases(
-    network: Any,
-    strategy: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    backbone: str,
-    alpha: float | None,
-    size: int,
-    cache_root: Path,
-    stats: CacheStats,
-    checkpoints: Checkpoints,
-    tensorboard_dir: Path,
-    log: Log,
-    verbose: Any,
+    network: Network, run: TrainingRun, recorder: Recorder
 ) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
-    """Run the strategy's phases; history keys are prefixed by phase when there are several."""
-    num_classes = len(data.class_names)
-    weights = (
-        balanced_class_weights(data.train.labels, num_classes)
+    """Run the network's phases; history keys are prefixed by phase when there are several."""
+    cfg = run.cfg
+    class_weight = (
+        balanced_class_weights(run.data.train.labels, len(run.data.class_names))
         if cfg.class_weight == "balanced"
         else None
     )
     history: dict[str, list[float]] = {}
     phases = []
-    for phase in PHASES[strategy]:
-        freeze_bn = strategy != "from_scratch" and cfg.batchnorm == "frozen"
+    for phase in network.phases:
+        freeze_bn = network.strategy != "from_scratch" and cfg.batchnorm == "frozen"
         set_phase(network, phase, cfg.unfreeze, freeze_batchnorm=freeze_bn)
-        if phase == "all" and strategy == "fine_tune":
+        if phase == "all" and network.strategy == "fine_tune":
             adapt_batchnorm_momentum(network.base, FINE_TUNE_BN_MOMENTUM)
         counts = trainable_counts(network.model)
         if phase == "head":
-            plan = _head_plan(
-                network, strategy, data, cfg, backbone, alpha, size, cache_root, stats, weights
-            )
+            plan = _head_plan(network, run, class_weight)
         else:
-            plan = _end_to_end_plan(network, strategy, data, cfg, weights)
-        log(
+            plan = _end_to_end_plan(network, run, class_weight)
+        run.log(
             f"phase {phase!r}: {counts['trainable_weights']} trainable weight tensors, "
             f"{counts['trainable_params']} parameters, up to {plan.epochs} epochs, "
             f"lr {plan.learning_rate:g} ({plan.schedule})"
         )
-        phase_history = run_phase(plan, checkpoints, tensorboard_dir, log, verbose)
-        prefix = "" if len(PHASES[strategy]) == 1 else f"{phase}_"
+        phase_history = run_phase(plan, recorder)
+        prefix = "" if len(network.phases) == 1 else f"{phase}_"
         history.update({prefix + k: v for k, v in phase_history.items()})
         phases.append(
             {"name": phase, **counts, "epochs_run": len(next(iter(phase_history.values()), []))}
@@ -87,51 +67,27 @@ def train_phases(
 
 
 def _head_plan(
-    network: Any,
-    strategy: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    backbone: str,
-    alpha: float | None,
-    size: int,
-    cache_root: Path,
-    stats: CacheStats,
-    class_weight: dict[int, float] | None,
+    network: Network, run: TrainingRun, class_weight: dict[int, float] | None
 ) -> PhasePlan:
     """The frozen-base phase trains the head on cached features (K augmented views)."""
-    key = cache_key(backbone, alpha, network.base_fingerprint, network.feature_layer, size)
-    caches = {"features": FeatureCache(cache_root, key)}
-    train = cached_features(
-        network.extractor,
-        caches,
-        data.train.images,
-        data.train.hashes,
-        cfg.cache_augmentations,
-        cfg.augment,
-        cfg.batch_size,
-        stats,
+    cfg, data = run.cfg, run.data
+    cache = run.feature_cache(network.base_fingerprint, network.feature_layer)
+    extractor = run.cached_extractor(network.extractor, {"features": cache})
+    train = extractor.features(
+        data.train.images, data.train.hashes, cfg.cache_augmentations, cfg.augment
     )["features"]
     views = train.shape[0]
     x_train = train.reshape(-1, train.shape[-1])
     y_train = np.tile(data.train.labels, views)
     val_ds = None
     if len(data.val):
-        val = cached_features(
-            network.extractor,
-            caches,
-            data.val.images,
-            data.val.hashes,
-            0,
-            "none",
-            cfg.batch_size,
-            stats,
-        )["features"][0]
+        val = extractor.features(data.val.images, data.val.hashes)["features"][0]
         val_ds = feature_pipeline(val, data.val.labels, cfg.batch_size, cfg.seed, False)
-    log_epochs = cfg.epochs if strategy != "fine_tune" else cfg.head_epochs
-    epochs = log_epochs or (
-        DEFAULT_HEAD_EPOCHS_FINE_TUNE if strategy == "fine_tune" else DEFAULT_EPOCHS["head"]
+    fine_tune = network.strategy == "fine_tune"
+    epochs = (cfg.head_epochs if fine_tune else cfg.epochs) or (
+        DEFAULT_HEAD_EPOCHS_FINE_TUNE if fine_tune else DEFAULT_EPOCHS["head"]
     )
-    rate = (cfg.learning_rate if strategy != "fine_tune" else None) or DEFAULT_RATES["head"]
+    rate = (None if fine_tune else cfg.learning_rate) or DEFAULT_RATES["head"]
     return PhasePlan(
         name="head",
         model=network.head_model,
@@ -147,14 +103,11 @@ def _head_plan(
 
 
 def _end_to_end_plan(
-    network: Any,
-    strategy: str,
-    data: TrainingData,
-    cfg: FinetuneConfig,
-    class_weight: dict[int, float] | None,
+    network: Network, run: TrainingRun, class_weight: dict[int, float] | None
 ) -> PhasePlan:
     """Unfrozen training on images with online augmentation and a cosine decay to zero."""
-    kind = "from_scratch" if strategy == "from_scratch" else "fine_tune"
+    cfg, data = run.cfg, run.data
+    kind = "from_scratch" if network.strategy == "from_scratch" else "fine_tune"
     epochs = cfg.epochs or DEFAULT_EPOCHS[kind]
     train_ds = image_pipeline(
         data.train.images, data.train.labels, cfg.batch_size, cfg.augment, cfg.seed, True

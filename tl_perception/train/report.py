@@ -8,7 +8,6 @@ Layouts stay readable from 2 to ~50 classes: counts are printed in cells only up
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tl_perception.errors import ImageDecodeError
-from tl_perception.fsutil import atomic_write_bytes
+from tl_perception.fsutil import atomic_save_figure
 from tl_perception.images import read_image_file, resize_rgb
 
 MAX_ANNOTATED_CLASSES = 15
@@ -34,12 +33,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+def _save(fig: Any, path: str | Path) -> Path:
+    return atomic_save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def plot_training_curves(
@@ -145,7 +140,7 @@ def plot_worst_mistakes(
     first; unreadable files are left out. With no mistakes the PNG says so.
     """
     plt = _pyplot()
-    tiles = []
+    tiles: list[tuple[np.ndarray, Mapping[str, Any]]] = []
     for mistake in mistakes:
         if len(tiles) >= max_images:
             break

@@ -17,14 +17,14 @@ model's head.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from tl_perception.backbones import (
-    Backbone,
+    BackboneChoice,
     WeightsChoice,
     apply_preprocessing,
-    build_base,
     truncate,
     weights_fingerprint,
 )
@@ -37,10 +37,12 @@ PHASES: dict[str, tuple[str, ...]] = {
     "from_scratch": ("all",),
 }
 HEAD_DROPOUT = 0.2
+RANDOM_WEIGHTS = WeightsChoice(None, "random initialisation")
 
 
 @dataclass
 class Network:
+    strategy: str  # which of the four cases this network is built for
     model: Any  # keras.Model: uint8 images -> probabilities
     base: Any  # the (possibly truncated) backbone inside `model`
     extractor: Any  # uint8 images -> {"features": pooled base output}
@@ -48,32 +50,29 @@ class Network:
     feature_layer: str  # name of the base layer whose pooled output feeds the head
     base_fingerprint: str  # sha256 of the full base's weights before training
 
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return PHASES[self.strategy]
+
 
 def build_network(
-    backbone: Backbone,
-    input_size: int,
-    alpha: float | None,
-    weights: WeightsChoice,
-    num_classes: int,
-    strategy: str,
-    cut_layer: str | None,
-    base: Any | None = None,
+    backbone: BackboneChoice, num_classes: int, strategy: str, base: Any | None = None
 ) -> Network:
-    """The end-to-end model for `strategy` plus the pieces its phases train."""
+    """The end-to-end model for `strategy` plus the pieces its phases train.
+
+    `base` reuses an already built base (auto's probe built one); from_scratch never does.
+    """
     import keras
 
     if strategy == "from_scratch":
-        weights = WeightsChoice(None, "random initialisation")
+        backbone = dataclasses.replace(backbone, weights=RANDOM_WEIGHTS)
         base = None
-    full = base if base is not None else build_base(backbone, input_size, alpha, weights)
+    full = base if base is not None else backbone.build_base()
     fingerprint = weights_fingerprint(full)
-    if strategy == "truncate":
-        base = truncate(full, cut_layer or backbone.default_cut_layer)
-    else:
-        base = full
-    feature_layer = base.layers[-1].name
-    inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="image")
-    x = apply_preprocessing(backbone, inputs)
+    base = truncate(full, backbone.cut_layer) if strategy == "truncate" else full
+    size = backbone.input_size
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+    x = apply_preprocessing(backbone.spec, inputs)
     x = base(x) if strategy == "from_scratch" else base(x, training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     dropout = keras.layers.Dropout(HEAD_DROPOUT, name="head_dropout")
@@ -82,18 +81,28 @@ def build_network(
     extractor = keras.Model(inputs, {"features": pooled}, name="extractor")
     feature_in = keras.Input((pooled.shape[-1],), name="features")
     head_model = keras.Model(feature_in, dense(dropout(feature_in)), name="head")
-    return Network(model, base, extractor, head_model, feature_layer, fingerprint)
+    return Network(
+        strategy=strategy,
+        model=model,
+        base=base,
+        extractor=extractor,
+        head_model=head_model,
+        feature_layer=base.layers[-1].name,
+        base_fingerprint=fingerprint,
+    )
 
 
-def probe_extractor(backbone: Backbone, base: Any, input_size: int, cut_layer: str) -> Any:
-    """uint8 images -> pooled features of the final layer and of `cut_layer` in one pass."""
+def probe_extractor(backbone: BackboneChoice, base: Any) -> Any:
+    """uint8 images -> pooled features of the final layer and of the cut layer in one pass."""
     import keras
 
+    cut_layer = backbone.cut_layer
     if cut_layer not in [layer.name for layer in base.layers]:
         truncate(base, cut_layer)  # raises the helpful TrainingError
     both = keras.Model(base.inputs, [base.output, base.get_layer(cut_layer).output])
-    inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="image")
-    final, cut = both(apply_preprocessing(backbone, inputs), training=False)
+    size = backbone.input_size
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+    final, cut = both(apply_preprocessing(backbone.spec, inputs), training=False)
     pool = keras.layers.GlobalAveragePooling2D
     return keras.Model(inputs, {"final": pool()(final), "cut": pool()(cut)}, name="probe")
 

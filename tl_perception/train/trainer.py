@@ -37,9 +37,9 @@ class Checkpoints:
         return cls(directory, state)
 
     def phase(self, name: str) -> dict[str, Any]:
-        return self.state.setdefault("phases", {}).setdefault(
-            name, {"epochs_done": 0, "done": False, "history": {}}
-        )
+        """The phase's record (epochs done, done, history so far); created on first use."""
+        phases: dict[str, dict[str, Any]] = self.state.setdefault("phases", {})
+        return phases.setdefault(name, {"epochs_done": 0, "done": False, "history": {}})
 
     def save_state(self) -> None:
         atomic_write_json(self.directory / STATE_FILE, self.state)
@@ -51,36 +51,51 @@ class Checkpoints:
         return self.directory / f"{phase}.optimizer.npz"
 
 
+@dataclass
+class Recorder:
+    """Where a run's progress goes, besides the weights themselves.
+
+    Checkpoints (for `--resume`), TensorBoard logs (None: none), the log, and the verbosity
+    `fit` prints with: one object, because every phase of a run needs all four.
+    """
+
+    checkpoints: Checkpoints
+    tensorboard_dir: Path | None = None
+    log: Log = print
+    verbose: Any = "auto"
+
+
 def _checkpoint_callback(model: Any, checkpoints: Checkpoints, phase: str) -> Any:
+    """Weights + optimizer + history after every epoch; `done` once the phase ends.
+
+    Must come after EarlyStopping in the callback list, so the end-of-phase checkpoint holds
+    the best weights it restored.
+    """
     import keras
 
-    class PhaseCheckpoint(keras.callbacks.Callback):
-        """Weights + optimizer + history after every epoch; `done` once the phase ends."""
+    def save() -> None:
+        target = checkpoints.weights_path(phase)
+        tmp = target.with_name(f".{target.name}.tmp.weights.h5")
+        model.save_weights(tmp)
+        tmp.replace(target)
+        variables = {f"v{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)}
+        opt_tmp = checkpoints.optimizer_path(phase).with_name(f".{phase}.tmp.npz")
+        np.savez(opt_tmp, **variables)
+        opt_tmp.replace(checkpoints.optimizer_path(phase))
+        checkpoints.save_state()
 
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            record = checkpoints.phase(phase)
-            for key, value in (logs or {}).items():
-                record["history"].setdefault(key, []).append(float(value))
-            record["epochs_done"] = epoch + 1
-            self._save()
-            checkpoints.save_state()
+    def on_epoch_end(epoch: int, logs: dict[str, Any] | None = None) -> None:
+        record = checkpoints.phase(phase)
+        for key, value in (logs or {}).items():
+            record["history"].setdefault(key, []).append(float(value))
+        record["epochs_done"] = epoch + 1
+        save()
 
-        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-            checkpoints.phase(phase)["done"] = True
-            self._save()  # after EarlyStopping restored the best weights
-            checkpoints.save_state()
+    def on_train_end(logs: dict[str, Any] | None = None) -> None:
+        checkpoints.phase(phase)["done"] = True
+        save()
 
-        def _save(self) -> None:
-            target = checkpoints.weights_path(phase)
-            tmp = target.with_name(f".{target.name}.tmp.weights.h5")
-            model.save_weights(tmp)
-            tmp.replace(target)
-            variables = {f"v{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)}
-            opt_tmp = checkpoints.optimizer_path(phase).with_name(f".{phase}.tmp.npz")
-            np.savez(opt_tmp, **variables)
-            opt_tmp.replace(checkpoints.optimizer_path(phase))
-
-    return PhaseCheckpoint()
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end, on_train_end=on_train_end)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -154,16 +169,11 @@ class PhasePlan:
     patience: int
 
 
-def run_phase(
-    plan: PhasePlan,
-    checkpoints: Checkpoints,
-    tensorboard_dir: Path | None,
-    log: Log,
-    verbose: Any = "auto",
-) -> dict[str, list[float]]:
+def run_phase(plan: PhasePlan, recorder: Recorder) -> dict[str, list[float]]:
     """Compile, (resume,) fit with early stopping and checkpoints; return the phase history."""
     import keras
 
+    checkpoints, log = recorder.checkpoints, recorder.log
     record = checkpoints.phase(plan.name)
     if plan.schedule == "cosine":
         rate: Any = keras.optimizers.schedules.CosineDecay(
@@ -200,8 +210,9 @@ def run_phase(
                 monitor=monitor, mode="max", factor=0.3, patience=max(1, plan.patience // 2)
             )
         )
-    if tensorboard_dir is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir / plan.name)))
+    if recorder.tensorboard_dir is not None:
+        log_dir = recorder.tensorboard_dir / plan.name
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     callbacks.append(_checkpoint_callback(model, checkpoints, plan.name))
     model.fit(
         plan.train_ds,
@@ -210,7 +221,7 @@ def run_phase(
         initial_epoch=start,
         class_weight=plan.class_weight,
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=recorder.verbose,
     )
     return dict(checkpoints.phase(plan.name)["history"])
 
