@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     ext.add_argument("bags", nargs="+", type=Path, metavar="BAG", help=".bag, .mcap or rosbag2 dir")
     ext.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     ext.add_argument("--out", required=True, type=Path, help="dataset directory")
-    lab = ext.add_mutually_exclusive_group(required=True)
+    lab = ext.add_mutually_exclusive_group()
     lab.add_argument("--label", help="one label for every frame")
     lab.add_argument("--label-topic", help="std_msgs/String or vision_msgs/Classification topic")
     lab.add_argument("--label-csv", type=Path, help="CSV rows start,end,label (s from bag start)")
@@ -49,10 +49,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     ext.add_argument("--format", choices=("png", "jpg"), default="png")
     ext.add_argument("--split", metavar="TRAIN,VAL,TEST", help="e.g. 0.8,0.1,0.1 (by sequence)")
-    ext.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    ext.add_argument(
+        "--seed", type=int, default=0, help="seed of the split assignment and of --negatives"
+    )
     ext.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N")
     ext.add_argument("--append", action="store_true", help="add bags to an existing dataset")
     ext.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _register_rois(ext)
     ext.set_defaults(func=run_extract)
 
     ins = subparsers.add_parser(
@@ -63,6 +66,82 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     ins.add_argument("bags", nargs="+", type=Path, metavar="BAG")
     ins.set_defaults(func=run_inspect)
+
+
+def _register_rois(ext: argparse.ArgumentParser) -> None:
+    """Options of a region-of-interest extraction: one crop per box (docs/extract.md)."""
+    roi = ext.add_argument_group(
+        "regions of interest",
+        "one crop per box, cut by the crop policy (recorded in dataset.json); labels from each "
+        "box's best class unless --label/--label-topic/--label-csv/--unlabeled is given",
+    )
+    src = roi.add_mutually_exclusive_group()
+    src.add_argument(
+        "--boxes-topic", metavar="TOPIC", help="vision_msgs/Detection2DArray topic (by stamp)"
+    )
+    src.add_argument(
+        "--boxes-csv",
+        type=Path,
+        metavar="FILE",
+        help="CSV with header time|stamp,x,y,w,h[,label][,id] (seconds; pixels, top-left)",
+    )
+    roi.add_argument(
+        "--boxes-tolerance",
+        type=float,
+        metavar="SECONDS",
+        help="pair boxes with the nearest image within SECONDS (default: exact stamps)",
+    )
+    roi.add_argument("--context", type=float, help="fraction of the box added per side (0.1)")
+    roi.add_argument(
+        "--square",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="make crops square around the box (default: --square)",
+    )
+    roi.add_argument("--min-box", type=float, metavar="PX", help="smallest box side (12)")
+    roi.add_argument(  # values checked by CropPolicy: importing crop.py here would slow --help
+        "--fill", help="outside the frame: replicate (default), reflect or constant"
+    )
+    roi.add_argument("--fill-value", type=int, metavar="V", help="0-255 for --fill constant")
+    roi.add_argument(
+        "--negatives", type=int, metavar="N", help="up to N background crops per frame (0)"
+    )
+    roi.add_argument("--background-label", metavar="NAME", help="label of negatives (background)")
+
+
+_POLICY_ARGS: tuple[str, ...] = ("context", "square", "min_box", "fill", "fill_value")
+_ROI_ARGS: tuple[str, ...] = (*_POLICY_ARGS, "boxes_tolerance", "negatives", "background_label")
+
+
+def rois_from_args(args: argparse.Namespace) -> Any:
+    """`RoiOptions` from parsed arguments, None without --boxes-topic/--boxes-csv."""
+    from tl_perception.bag.boxes import BoxSpec, check_tolerance, read_boxes_csv
+    from tl_perception.bag.roiplan import BACKGROUND, RoiOptions
+    from tl_perception.crop import CropError, CropPolicy
+
+    if args.boxes_topic is None and args.boxes_csv is None:
+        given = [
+            f"--{name.replace('_', '-')}" for name in _ROI_ARGS if getattr(args, name) is not None
+        ]
+        if given:
+            raise DatasetError(f"{given[0]} needs --boxes-topic or --boxes-csv")
+        return None
+    check_tolerance(args.boxes_tolerance)
+    if args.boxes_topic is not None:
+        boxes = BoxSpec("topic", topic=args.boxes_topic, tolerance_s=args.boxes_tolerance)
+    else:
+        boxes = read_boxes_csv(args.boxes_csv, args.boxes_tolerance)
+    chosen = {name: getattr(args, name) for name in _POLICY_ARGS if getattr(args, name) is not None}
+    try:
+        policy = CropPolicy(**chosen)
+    except CropError as err:
+        raise DatasetError(f"--context/--square/--min-box/--fill: {err}") from err
+    return RoiOptions(
+        boxes=boxes,
+        policy=policy,
+        negatives=args.negatives if args.negatives is not None else 0,
+        background_label=args.background_label if args.background_label is not None else BACKGROUND,
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
@@ -77,8 +156,15 @@ def options_from_args(args: argparse.Namespace) -> Any:
         labels = LabelSpec("topic", topic=args.label_topic, tolerance_s=args.label_tolerance)
     elif args.label_csv:
         labels = LabelSpec("csv", ranges=read_label_csv(args.label_csv))
-    else:
+    elif args.unlabeled:
         labels = LabelSpec("none")
+    elif args.boxes_topic is not None or args.boxes_csv is not None:
+        labels = LabelSpec("boxes")
+    else:
+        raise DatasetError(
+            "give --label, --label-topic, --label-csv or --unlabeled (or, with --boxes-topic "
+            "or --boxes-csv, none of them: each box's own class)"
+        )
     if args.every < 1 or args.min_interval < 0 or args.label_tolerance < 0:
         raise DatasetError("--every must be >= 1; --min-interval and --label-tolerance >= 0")
     if args.start is not None and args.end is not None and args.end <= args.start:
@@ -100,6 +186,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         seed=args.seed,
         workers=args.workers,
         append=args.append,
+        rois=rois_from_args(args),
     )
 
 
@@ -115,12 +202,14 @@ def parse_crop(text: str) -> tuple[int, int, int, int]:
 
 def run_extract(args: argparse.Namespace) -> int:
     from tl_perception.bag.extract import extract
-    from tl_perception.bag.progress import summary_table
+    from tl_perception.bag.progress import roi_table, summary_table
     from tl_perception.dataset import SPLITS
 
     options = options_from_args(args)
     report = extract(options, progress=not args.no_progress and sys.stderr.isatty())
-    print(summary_table(report.kept, report.skipped, SPLITS))
+    print(summary_table(report.kept, report.skipped, SPLITS, boxes=options.rois is not None))
+    if options.rois is not None:
+        print(roi_table(report.boxes_skipped, report.messages))
     print(f"wrote {report.written} images to {options.out} in {report.seconds:.1f} s")
     return 0
 

@@ -26,8 +26,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_perception.bag.frames import Crop, FrameResult, hamming, init_worker, message_fields
+from tl_perception.bag.boxes import BOX_TYPES
+from tl_perception.bag.frames import (
+    Crop,
+    FrameResult,
+    RoiJob,
+    Work,
+    hamming,
+    init_worker,
+    message_fields,
+)
 from tl_perception.bag.frames import process_chunk as _process_chunk
+from tl_perception.bag.negatives import negative_seed
 from tl_perception.bag.plan import FrameFilter, LabelSpec, PlannedFrame, place_frames, plan_bag
 from tl_perception.bag.progress import Progress
 from tl_perception.bag.reader import (
@@ -40,14 +50,25 @@ from tl_perception.bag.reader import (
     open_bag,
     require_topic,
 )
+from tl_perception.bag.roiplan import (
+    MAX_NEGATIVES,
+    RoiCounts,
+    RoiOptions,
+    RoiRequest,
+    place_roi_frames,
+    plan_roi_bag,
+    roi_labels,
+)
 from tl_perception.bag.splits import assign_splits
+from tl_perception.crop import Box
 from tl_perception.dataset import (
+    EXTENDABLE_VERSIONS,
     MANIFEST_FILE,
     SPLITS,
     SUMMARY_FILE,
-    VERSION,
     begin_summary,
     class_dirs,
+    crop_policy_of,
     is_empty_label,
     is_image_file,
     read_manifest,
@@ -77,10 +98,15 @@ class ExtractOptions:
     seed: int = 0
     workers: int = 1
     append: bool = False
+    rois: RoiOptions | None = None  # regions of interest: one crop per box (+ negatives)
 
     def record(self) -> dict[str, Any]:
-        """The options that define the dataset's content (not paths or worker counts)."""
-        return {
+        """The options that define the dataset's content (not paths or worker counts).
+
+        `rois` is there only for a region-of-interest run, so a whole-frame dataset of an
+        older version still has the options it was made with.
+        """
+        out = {
             "topic": self.topic,
             "labels": asdict(self.labels),
             "selection": asdict(self.selection),
@@ -90,20 +116,42 @@ class ExtractOptions:
             "split": list(self.split) if self.split else None,
             "seed": self.seed,
         }
+        if self.rois is not None:
+            out["rois"] = self.rois.record()
+        return out
+
+    def policy_record(self) -> dict[str, Any] | None:
+        """The `crop_policy` of dataset.json: None for whole frames."""
+        return self.rois.policy.to_dict() if self.rois is not None else None
 
 
 @dataclass
 class ExtractReport:
-    """What a run did: frames kept per (class_dir, split), frames skipped per reason."""
+    """What a run did: images kept per (class_dir, split), frames skipped per reason; for a
+    region-of-interest run also boxes (and negatives) skipped per reason and box messages."""
 
     out: Path
     kept: Counter[tuple[str, str]] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    boxes_skipped: Counter[str] = field(default_factory=Counter)
+    messages: Counter[str] = field(default_factory=Counter)
 
     @property
     def written(self) -> int:
         return sum(self.kept.values())
+
+    def last_run(self, options: ExtractOptions) -> dict[str, Any]:
+        """The `last_run` of dataset.json."""
+        out: dict[str, Any] = {
+            "options": options.record(),
+            "kept": self.written,
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+        if options.rois is not None:
+            out["boxes_skipped"] = dict(sorted(self.boxes_skipped.items()))
+            out["box_messages"] = dict(sorted(self.messages.items()))
+        return out
 
 
 def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
@@ -111,48 +159,28 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
 
     Raises:
         BagError, DatasetError: bad input, found before anything is written; or a failure while
-            writing (then this run's images are removed again), or no frame kept at all.
+            writing (then this run's images are removed again), or no image kept at all.
     """
     started = time.monotonic()
     out = options.out
-    if options.labels.kind == "fixed" and is_empty_label(options.labels.name):
-        raise DatasetError(f"--label {options.labels.name!r}: an empty label names no class")
+    _check_options(options)
     old_rows, summary = _existing_dataset(out)
     sources = [bag_source(p) for p in options.bags]
     _check_distinct(sources)
     _check_rerun(options, summary, sources)
     report = ExtractReport(out)
-    unplaced: list[list[PlannedFrame]] = []
-    for source in sources:
-        with open_bag(source.path) as reader:
-            require_topic(reader, source.path, options.topic, tuple(IMAGE_TYPES), "image")
-            if options.labels.kind == "topic":
-                require_topic(reader, source.path, options.labels.topic, LABEL_TYPES, "label")
-            unplaced.append(
-                plan_bag(
-                    reader,
-                    source.path,
-                    options.topic,
-                    options.labels,
-                    options.selection,
-                    report.skipped,
-                )
-            )
-    taken = _class_dirs_of(old_rows, out)
-    mapping = class_dirs({f.label for plan in unplaced for f in plan}, taken)
-    plans = [
-        place_frames(plan, source.name, mapping)
-        for plan, source in zip(unplaced, sources, strict=True)
-    ]
-    sequences: dict[str, tuple[str, int]] = {}
-    for frame in (f for plan in plans for f in plan):
-        cls, count = sequences.get(frame.sequence, (frame.class_dir, 0))
-        sequences[frame.sequence] = (cls, count + 1)
-    existing: dict[str, tuple[str, str, int]] = {}
+    plans = _plan(options, sources, _class_dirs_of(old_rows, out), report)
+    existing: dict[str, Counter[str]] = {}
+    splits_of: dict[str, str] = {}
     for row in old_rows:
-        cls, split, count = existing.get(row["sequence"], (row["class_dir"], row["split"], 0))
-        existing[row["sequence"]] = (cls, split, count + 1)
-    splits = assign_splits(sequences, options.split, options.seed, existing)
+        existing.setdefault(row["sequence"], Counter())[row["class_dir"]] += 1
+        splits_of.setdefault(row["sequence"], row["split"])
+    splits = assign_splits(
+        _majorities(_sequence_counts(plans)),
+        options.split,
+        options.seed,
+        {seq: (cls, splits_of[seq], n) for seq, (cls, n) in _majorities(existing).items()},
+    )
 
     created = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,12 +189,11 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
     _remove_orphans(out, {row["path"] for row in old_rows})
     # Rows whose image is gone (deleted by hand) are dropped, so this run writes them again.
     rows = {row["path"]: row for row in old_rows if (out / row["path"]).is_file()}
-    total = sum(len(plan) for plan in plans)
-    bar = Progress(total, enabled=progress)
+    bar = Progress(sum(len(plan) for plan in plans), enabled=progress)
     writer = _FrameWriter(options, splits, rows, report)
     try:
-        for result, meta in _decoded(options, plans, sources, bar):
-            writer.consume(meta, result)
+        for results, meta in _decoded(options, plans, sources, bar):
+            writer.consume(meta, results)
     except (TlPerceptionError, OSError) as err:
         _roll_back(out, writer, created, new_dataset=summary is None)
         if isinstance(err, OSError):
@@ -177,11 +204,7 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
         bar.close()
     if not rows:  # an empty dataset is of no use and `read_dataset` refuses it: say why
         _roll_back(out, writer, created, new_dataset=summary is None)
-        skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
-        raise DatasetError(
-            f"no frame of {', '.join(repr(str(s.path)) for s in sources)} on {options.topic!r} "
-            f"was kept ({skipped or 'the topic has no messages'}); nothing written"
-        )
+        raise DatasetError(_nothing_kept(options, sources, report))
     records = {s["name"]: s for s in (summary or {}).get("sources", [])}
     records.update({s.name: s.record() for s in sources})
     write_dataset(
@@ -189,20 +212,139 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
         rows.values(),
         records.values(),
         options=(summary or {}).get("options") or options.record(),
-        last_run={
-            "options": options.record(),
-            "kept": sum(report.kept.values()),
-            "skipped": dict(sorted(report.skipped.items())),
-        },
+        last_run=report.last_run(options),
+        crop_policy=options.policy_record(),
     )
     report.seconds = time.monotonic() - started
     return report
+
+
+def _check_options(options: ExtractOptions) -> None:
+    """Option combinations that cannot work, refused before anything is read."""
+    labels, rois = options.labels, options.rois
+    if labels.kind == "fixed" and is_empty_label(labels.name):
+        raise DatasetError(f"--label {labels.name!r}: an empty label names no class")
+    if rois is None:
+        if labels.kind == "boxes":
+            raise DatasetError("labels from boxes need --boxes-topic or --boxes-csv")
+        return
+    if options.crop is not None:
+        raise DatasetError(
+            "--crop cuts one fixed region of whole frames; with --boxes-topic/--boxes-csv the "
+            "crop policy (--context, --square, --min-box) cuts each box: give one of them"
+        )
+    if is_empty_label(rois.background_label):
+        raise DatasetError(f"--background-label {rois.background_label!r}: names no class")
+    if not 0 <= rois.negatives <= MAX_NEGATIVES:
+        raise DatasetError(f"--negatives {rois.negatives}: need 0..{MAX_NEGATIVES} per frame")
+
+
+def _plan(
+    options: ExtractOptions,
+    sources: list[BagSource],
+    taken: dict[str, str],
+    report: ExtractReport,
+) -> list[list[PlannedFrame]]:
+    """Pass 1 over every bag: planned frames with class directories and sequences."""
+    unplaced: list[list[PlannedFrame]] = []
+    matched: set[int] = set()  # box CSV messages paired with an image of some bag
+    counts = RoiCounts(report.skipped, report.boxes_skipped, report.messages)
+    for source in sources:
+        with open_bag(source.path) as reader:
+            require_topic(reader, source.path, options.topic, tuple(IMAGE_TYPES), "image")
+            if options.labels.kind == "topic":
+                require_topic(reader, source.path, options.labels.topic, LABEL_TYPES, "label")
+            if options.rois is None:
+                unplaced.append(
+                    plan_bag(
+                        reader,
+                        source.path,
+                        options.topic,
+                        options.labels,
+                        options.selection,
+                        report.skipped,
+                    )
+                )
+                continue
+            boxes = options.rois.boxes
+            if boxes.kind == "topic":
+                require_topic(reader, source.path, boxes.topic, BOX_TYPES, "boxes")
+            request = RoiRequest(options.topic, options.labels, options.selection, options.rois)
+            plan, paired = plan_roi_bag(reader, source.path, request, counts)
+            unplaced.append(plan)
+            matched |= paired
+    if options.rois is None:
+        mapping = class_dirs({f.label for plan in unplaced for f in plan}, taken)
+        return [
+            place_frames(plan, s.name, mapping) for plan, s in zip(unplaced, sources, strict=True)
+        ]
+    csv_messages = options.rois.boxes.messages
+    if options.rois.boxes.kind == "csv":
+        rows = sum(len(m.boxes) for i, m in enumerate(csv_messages) if i not in matched)
+        report.messages["csv_rows"] += sum(len(m.boxes) for m in csv_messages)
+        report.messages["unpaired_csv_rows"] += rows
+    mapping = class_dirs(roi_labels(unplaced), taken)
+    return [
+        place_roi_frames(plan, s.name, mapping) for plan, s in zip(unplaced, sources, strict=True)
+    ]
+
+
+def _sequence_counts(plans: list[list[PlannedFrame]]) -> dict[str, Counter[str]]:
+    """Sequence -> images per class_dir it is planned to hold (crops of a track, negatives)."""
+    counts: dict[str, Counter[str]] = {}
+    for frame in (f for plan in plans for f in plan):
+        if not frame.roi:
+            counts.setdefault(frame.sequence, Counter())[frame.class_dir] += 1
+            continue
+        for box in frame.boxes:
+            counts.setdefault(box.track, Counter())[box.class_dir] += 1
+        if frame.negatives:
+            counts.setdefault(frame.sequence, Counter())[frame.class_dir] += frame.negatives
+    return counts
+
+
+def _majorities(counts: dict[str, Counter[str]]) -> dict[str, tuple[str, int]]:
+    """Sequence -> (its most frequent class_dir, its size): a track whose label changes is
+    still one sequence, placed with the class most of its crops have."""
+    return {
+        seq: (min(by_class, key=lambda c: (-by_class[c], c)), sum(by_class.values()))
+        for seq, by_class in counts.items()
+    }
+
+
+def _nothing_kept(options: ExtractOptions, sources: list[BagSource], report: ExtractReport) -> str:
+    """Why a run kept nothing, in one line."""
+    bags = ", ".join(repr(str(s.path)) for s in sources)
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
+    if options.rois is None:
+        return (
+            f"no frame of {bags} on {options.topic!r} was kept "
+            f"({skipped or 'the topic has no messages'}); nothing written"
+        )
+    boxes = ", ".join(f"{n} {why}" for why, n in sorted(report.boxes_skipped.items()))
+    messages = ", ".join(f"{n} {why}" for why, n in sorted(report.messages.items()))
+    return (
+        f"no crop of {bags} on {options.topic!r} was kept (frames: {skipped or 'none skipped'}; "
+        f"boxes: {boxes or 'none skipped'}; {messages or 'no box messages'}); nothing written"
+    )
 
 
 @dataclass(frozen=True)
 class _Meta:
     frame: PlannedFrame
     bag: str
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to write: a whole frame, a box's crop or a negative."""
+
+    label: str
+    class_dir: str
+    sequence: str
+    suffix: str = ""  # of the file name: "" (frame), `_b<box index>`, `_n<negative index>`
+    box: Box | None = None
+    track: str = ""
 
 
 class _FrameWriter:
@@ -225,31 +367,49 @@ class _FrameWriter:
         self.added: list[Path] = []  # images this run wrote, to remove if it fails
         self.new_dirs: list[Path] = []  # directories this run created
 
-    def consume(self, meta: _Meta, result: FrameResult) -> None:
-        if result.skip:
-            self.report.skipped[result.skip] += 1
+    def consume(self, meta: _Meta, results: list[FrameResult]) -> None:
+        """Keep or count every image a worker made of one frame."""
+        frame = meta.frame
+        if results[0].kind == "frame":  # a whole frame, or one that did not decode
+            item = _Item(frame.label, frame.class_dir, frame.sequence)
+            self._take(meta, item, results[0], self.report.skipped)
             return
-        if not self._keep(meta, result):
+        skipped = self.report.boxes_skipped
+        boxes, negatives = results[: len(frame.boxes)], results[len(frame.boxes) :]
+        for planned, result in zip(frame.boxes, boxes, strict=True):
+            suffix = f"_b{planned.index}"
+            item = _Item(
+                planned.label, planned.class_dir, planned.track, suffix, planned.box, planned.track
+            )
+            self._take(meta, item, result, skipped)
+        for j, result in enumerate(negatives):
+            item = _Item(frame.label, frame.class_dir, frame.sequence, f"_n{j}", result.box)
+            self._take(meta, item, result, skipped)
+
+    def _take(self, meta: _Meta, item: _Item, result: FrameResult, skipped: Counter[str]) -> None:
+        if result.skip:
+            skipped[result.skip] += 1
+        elif not self._keep(meta, item, result, skipped):
             os.unlink(result.tmp_path)
 
-    def _keep(self, meta: _Meta, result: FrameResult) -> bool:
-        """Rename the frame's temp file into place and add its row; False when it is skipped."""
+    def _keep(self, meta: _Meta, item: _Item, result: FrameResult, skipped: Counter[str]) -> bool:
+        """Rename the image's temp file into place and add its row; False when it is skipped."""
         frame = meta.frame
         if self.options.dedup is not None:
-            last = self.last_hash.get(frame.sequence)
+            last = self.last_hash.get(item.sequence)
             if last is not None and hamming(last, result.phash) <= self.options.dedup:
-                self.report.skipped["near_duplicate"] += 1
+                skipped["near_duplicate"] += 1
                 return False
-            self.last_hash[frame.sequence] = result.phash
-        split = self.splits[frame.sequence]
-        name = f"{meta.bag}_{self.topic_slug}_{frame.stamp_ns}.{self.options.fmt}"
-        rel = f"{split}/{frame.class_dir}/{name}"
+            self.last_hash[item.sequence] = result.phash
+        split = self.splits[item.sequence]
+        name = f"{meta.bag}_{self.topic_slug}_{frame.stamp_ns}{item.suffix}.{self.options.fmt}"
+        rel = f"{split}/{item.class_dir}/{name}"
         if rel in self.seen:
-            self.report.skipped["duplicate_stamp"] += 1
+            skipped["duplicate_stamp"] += 1
             return False
         self.seen.add(rel)
         if rel in self.rows:
-            self.report.skipped["already_in_dataset"] += 1
+            skipped["already_in_dataset"] += 1
             return False
         target = self.options.out / rel
         for directory in (target.parent.parent, target.parent):
@@ -262,8 +422,8 @@ class _FrameWriter:
         self.rows[rel] = {
             "path": rel,
             "split": split,
-            "label": frame.label,
-            "class_dir": frame.class_dir,
+            "label": item.label,
+            "class_dir": item.class_dir,
             "bag": meta.bag,
             "topic": self.options.topic,
             "stamp_ns": frame.stamp_ns,
@@ -271,15 +431,33 @@ class _FrameWriter:
             "height": result.height,
             "encoding": frame.encoding,
             "sha256": result.sha256,
-            "sequence": frame.sequence,
+            "sequence": item.sequence,
+            **_box_columns(item),
         }
-        self.report.kept[(frame.class_dir, split)] += 1
+        self.report.kept[(item.class_dir, split)] += 1
         return True
+
+
+def _box_columns(item: _Item) -> dict[str, str]:
+    """`box_x, box_y, box_w, box_h` (exact float text) and `track`; empty for whole frames."""
+    if item.box is None:
+        return {}
+    x, y, w, h = item.box.to_xywh()
+    return {
+        "box_x": repr(x),
+        "box_y": repr(y),
+        "box_w": repr(w),
+        "box_h": repr(h),
+        "track": item.track,
+    }
+
+
+Job = tuple[tuple[Any, ...], RoiJob | None]
 
 
 def _jobs(
     options: ExtractOptions, plans: list[list[PlannedFrame]], sources: list[BagSource]
-) -> Iterator[tuple[_Meta, tuple[Any, ...]]]:
+) -> Iterator[tuple[_Meta, Job]]:
     """Raw frames of the planned messages, re-read in the same order as pass 1."""
     for source, plan in zip(sources, plans, strict=True):
         wanted = {f.index: f for f in plan}
@@ -293,7 +471,19 @@ def _jobs(
                 if frame is None:
                     continue
                 msg = deserialize(reader, source.path, raw, conn.msgtype)
-                yield _Meta(frame, source.name), message_fields(msg, IMAGE_TYPES[conn.msgtype])
+                fields = message_fields(msg, IMAGE_TYPES[conn.msgtype])
+                yield _Meta(frame, source.name), (fields, _roi_job(options, source, frame))
+
+
+def _roi_job(options: ExtractOptions, source: BagSource, frame: PlannedFrame) -> RoiJob | None:
+    if not frame.roi:
+        return None
+    return RoiJob(
+        boxes=tuple(b.box for b in frame.boxes),
+        avoid=frame.avoid,
+        negatives=frame.negatives,
+        seed=negative_seed(options.seed, source.name, frame.index),
+    )
 
 
 def _decoded(
@@ -301,37 +491,41 @@ def _decoded(
     plans: list[list[PlannedFrame]],
     sources: list[BagSource],
     bar: Progress,
-) -> Iterator[tuple[FrameResult, _Meta]]:
-    """(result, meta) in bag order; the work runs in `options.workers` processes."""
+) -> Iterator[tuple[list[FrameResult], _Meta]]:
+    """(results, meta) per frame in bag order; the work runs in `options.workers` processes."""
     jobs = _jobs(options, plans, sources)
-    tmp_dir = str(options.out)  # same file system as the images: renames are atomic
+    work = Work(
+        fmt=options.fmt,
+        tmp_dir=str(options.out),  # same file system as the images: renames are atomic
+        crop=options.crop,
+        policy=options.rois.policy if options.rois is not None else None,
+    )
     if options.workers <= 1:
-        for meta, fields in jobs:
-            yield _process_chunk([fields], options.crop, options.fmt, tmp_dir)[0], meta
+        for meta, job in jobs:
+            yield _process_chunk([job], work)[0], meta
             bar.update(1)
         return
-    pending: deque[tuple[list[_Meta], Future[list[FrameResult]]]] = deque()
+    pending: deque[tuple[list[_Meta], Future[list[list[FrameResult]]]]] = deque()
     # forkserver, not fork: forking a process whose OpenCV/TensorFlow threads hold locks can
     # deadlock the children (seen when the demo ran synth and extract in one process).
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(options.workers, context, initializer=init_worker) as pool:
-        chunk: list[tuple[_Meta, tuple[Any, ...]]] = []
+        chunk: list[tuple[_Meta, Job]] = []
 
         def submit() -> None:
             metas = [m for m, _ in chunk]
-            fields = [f for _, f in chunk]
-            fut = pool.submit(_process_chunk, fields, options.crop, options.fmt, tmp_dir)
+            fut = pool.submit(_process_chunk, [j for _, j in chunk], work)
             pending.append((metas, fut))
             chunk.clear()
 
-        def drain(limit: int) -> Iterator[tuple[FrameResult, _Meta]]:
+        def drain(limit: int) -> Iterator[tuple[list[FrameResult], _Meta]]:
             while len(pending) > limit:
                 metas, fut = pending.popleft()
                 yield from zip(fut.result(), metas, strict=True)
                 bar.update(len(metas))
 
-        for job in jobs:
-            chunk.append(job)
+        for item in jobs:
+            chunk.append(item)
             if len(chunk) >= CHUNK:
                 submit()
                 yield from drain(3 * options.workers)
@@ -352,7 +546,7 @@ def _existing_dataset(out: Path) -> tuple[list[dict[str, str]], dict[str, Any] |
             f"--out {str(out)!r} is not empty and holds no dataset.json: it is not a dataset "
             "made by extract; choose an empty or new directory"
         )
-    if summary["version"] != VERSION:
+    if summary["version"] not in EXTENDABLE_VERSIONS:
         raise DatasetError(
             f"--out {str(out)!r} is a version {summary['version']} dataset, which names bags by "
             "file name and cannot tell two same-named bags apart; extract into a new --out"
@@ -404,6 +598,7 @@ def _check_rerun(
                 f"bag {str(source.path)!r} is named {source.name!r} like another bag of "
                 f"{str(options.out)!r} with different content; extract into a new --out"
             )
+    _check_policy(options, summary)
     if options.append or "options" not in summary:
         return
     new = [str(s.path) for s in sources if s.name not in known]
@@ -413,6 +608,36 @@ def _check_rerun(
             f"--out {str(options.out)!r} holds a dataset made with {what}; pass --append to add "
             "bags to it (keeping its splits) or choose a new --out"
         )
+
+
+def _check_policy(options: ExtractOptions, summary: dict[str, Any]) -> None:
+    """One dataset, one crop policy (or none: whole frames), also with `--append`: a model
+    trained on it is applied with one policy, so crops cut another way would be a lie."""
+    old = crop_policy_of(summary, str(options.out / SUMMARY_FILE))
+    old_record = old.to_dict() if old is not None else None
+    new_record = options.policy_record()
+    if old_record == new_record:
+        return
+    where = f"--out {str(options.out)!r}"
+    if old_record is None:
+        raise DatasetError(
+            f"{where} holds whole frames; crops of boxes cannot be added to it: extract them "
+            "into a new --out"
+        )
+    if new_record is None:
+        raise DatasetError(
+            f"{where} holds crops of boxes (crop_policy in dataset.json); whole frames cannot "
+            "be added to it: give --boxes-topic or --boxes-csv, or choose a new --out"
+        )
+    raise DatasetError(
+        f"{where} holds crops made with crop policy {_describe_policy(old_record)}, this run's "
+        f"is {_describe_policy(new_record)}; one dataset has one policy: repeat its options "
+        "or choose a new --out"
+    )
+
+
+def _describe_policy(record: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in record.items() if k != "version")
 
 
 def _first_missing(path: Path) -> Path | None:

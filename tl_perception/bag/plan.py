@@ -21,6 +21,7 @@ from typing import Any
 
 from tl_perception.bag.labels import LabelTrack
 from tl_perception.bag.reader import IMAGE_TYPES, deserialize, iter_messages
+from tl_perception.crop import Box
 from tl_perception.dataset import is_empty_label
 from tl_perception.errors import BagError, DatasetError
 from tl_perception.stamps import SEC, stamp_to_ns
@@ -30,7 +31,8 @@ SEQUENCE_GAP_S = 2.0
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """How frames get labels: kind is "fixed", "topic", "csv" or "none"."""
+    """How frames get labels: kind is "fixed", "topic", "csv" or "none" (`--unlabeled`); with
+    boxes also "boxes": each box's own label (its detection's best class, the CSV's `label`)."""
 
     kind: str
     name: str = ""
@@ -50,11 +52,27 @@ class FrameFilter:
 
 
 @dataclass(frozen=True)
+class PlannedBox:
+    """A box of a frame to crop: `index` is its position in the frame's box message (the
+    `_b<index>` of its file name); `track` is bag-local (`id:<Detection2D.id>` or `iou:<n>`)
+    until `roiplan.place_roi_frames` prefixes the bag (`<bag>/id:...`)."""
+
+    index: int
+    box: Box
+    label: str
+    track: str
+    class_dir: str = ""
+
+
+@dataclass(frozen=True)
 class PlannedFrame:
     """A frame selected for the dataset; `index` counts the bag's messages on the image topic.
 
     `run` numbers the continuous runs of a label in the bag; `class_dir` and `sequence`
     (`<bag>:<class_dir>:<run>`) are set by `place_frames` once every bag's labels are known.
+    A region-of-interest frame (`roi`) is not written itself: its `boxes` are cropped and
+    `negatives` background crops added, which keep clear of every box in `avoid`; its `label`,
+    `class_dir` and `sequence` are those of its negatives (`run` is their time block).
     """
 
     index: int
@@ -65,6 +83,44 @@ class PlannedFrame:
     encoding: str  # `bgr8`, ... or `compressed:<format>`
     class_dir: str = ""
     sequence: str = ""
+    roi: bool = False
+    boxes: tuple[PlannedBox, ...] = ()
+    avoid: tuple[Box, ...] = ()
+    negatives: int = 0
+
+
+class Selector:
+    """`--start`/`--end`, `--every` and `--min-interval`, applied frame by frame in bag order."""
+
+    def __init__(self, selection: FrameFilter, first_ns: int) -> None:
+        self.selection = selection
+        self.first_ns = first_ns
+        self.in_window = 0
+        self.last_kept_ns: int | None = None
+
+    def rel_s(self, log_ns: int) -> float:
+        """Seconds from the bag's first message."""
+        return (log_ns - self.first_ns) / SEC
+
+    def window(self, log_ns: int) -> str | None:
+        """Why the frame is not selected by time window or `--every`; None if it is."""
+        sel = self.selection
+        rel_s = self.rel_s(log_ns)
+        if (sel.start_s is not None and rel_s < sel.start_s) or (
+            sel.end_s is not None and rel_s > sel.end_s
+        ):
+            return "outside_time_window"
+        self.in_window += 1
+        return "every_nth" if (self.in_window - 1) % sel.every else None
+
+    def too_soon(self, log_ns: int) -> bool:
+        """Whether the frame is within `--min-interval` of the last kept one."""
+        last = self.last_kept_ns
+        interval = self.selection.min_interval_s
+        return interval > 0 and last is not None and log_ns - last < interval * SEC
+
+    def keep(self, log_ns: int) -> None:
+        self.last_kept_ns = log_ns
 
 
 #: Most rows a label CSV may have (a CSV of time ranges, not of frames).
@@ -132,42 +188,28 @@ def plan_bag(
     Raises:
         BagError: a kept frame's message is not the image type its topic claims.
     """
-    first_ns = reader.start_time
     track = LabelTrack.read(reader, path, labels.topic) if labels.kind == "topic" else None
-    tolerance_ns = round(labels.tolerance_s * SEC)
+    selector = Selector(selection, reader.start_time)
     planned: list[PlannedFrame] = []
-    in_window = 0
     run = -1
     run_key: str | None = None
     previous_ns: int | None = None
-    last_kept_ns: int | None = None
     for index, (conn, log_ns, raw) in enumerate(iter_messages(reader, path, [topic])):
-        rel_s = (log_ns - first_ns) / SEC
-        gap = previous_ns is not None and log_ns - previous_ns > SEQUENCE_GAP_S * SEC
-        previous_ns = log_ns
-        if gap:
+        if previous_ns is not None and log_ns - previous_ns > SEQUENCE_GAP_S * SEC:
             run_key = None
-        if (selection.start_s is not None and rel_s < selection.start_s) or (
-            selection.end_s is not None and rel_s > selection.end_s
-        ):
-            skipped["outside_time_window"] += 1
+        previous_ns = log_ns
+        reason = selector.window(log_ns)
+        if reason is not None:
+            skipped[reason] += 1
             continue
-        in_window += 1
-        if (in_window - 1) % selection.every:
-            skipped["every_nth"] += 1
-            continue
-        label = _label_at(labels, rel_s, log_ns, track, tolerance_ns)
+        label = label_at(labels, selector.rel_s(log_ns), log_ns, track)
         if label is None:
             skipped["no_label"] += 1
             continue
-        if (
-            selection.min_interval_s > 0
-            and last_kept_ns is not None
-            and log_ns - last_kept_ns < selection.min_interval_s * SEC
-        ):
+        if selector.too_soon(log_ns):
             skipped["min_interval"] += 1
             continue
-        last_kept_ns = log_ns
+        selector.keep(log_ns)
         if label != run_key:
             run += 1
             run_key = label
@@ -215,20 +257,21 @@ def place_frames(
     ]
 
 
-def _label_at(
-    labels: LabelSpec,
-    rel_s: float,
-    log_ns: int,
-    track: LabelTrack | None,
-    tolerance_ns: int,
-) -> str | None:
-    """The frame's label; None (`no_label`) when it has none. `--unlabeled` frames get ""."""
+def label_at(labels: LabelSpec, rel_s: float, log_ns: int, track: LabelTrack | None) -> str | None:
+    """The frame's label; None (`no_label`) when it has none. `--unlabeled` frames get "".
+
+    `rel_s` is the frame's time from the bag's first message (for a label CSV), `log_ns` its
+    log time (for a label topic's `track`, with `labels.tolerance_s`).
+    """
     if labels.kind == "none":
         return ""
     if labels.kind == "fixed":
         name: str | None = labels.name
     elif labels.kind == "csv":
         name = next((n for start, end, n in labels.ranges if start <= rel_s < end), None)
-    else:
+    elif labels.kind == "topic":
+        tolerance_ns = round(labels.tolerance_s * SEC)
         name = track.at(log_ns, tolerance_ns) if track is not None else None
+    else:
+        name = None
     return None if is_empty_label(name) else name

@@ -43,9 +43,12 @@ class Progress:
 
 
 def summary_table(
-    kept: Counter[tuple[str, str]], skipped: Counter[str], splits: tuple[str, ...]
+    kept: Counter[tuple[str, str]],
+    skipped: Counter[str],
+    splits: tuple[str, ...],
+    boxes: bool = False,
 ) -> str:
-    """Kept frames per class and split, then skipped frames per reason."""
+    """Kept images per class and split, then skipped frames per reason."""
     classes = sorted({cls for cls, _ in kept})
     width = max([len("class"), *(len(c) for c in classes)])
     lines = ["kept " + "-" * (width + 8 * len(splits) + 3)]
@@ -56,6 +59,17 @@ def summary_table(
     totals = [sum(n for (_, s), n in kept.items() if s == split) for split in splits]
     lines.append(f"{'total':<{width}} " + "".join(f"{n:>8}" for n in totals) + f"{sum(totals):>8}")
     if skipped:
-        lines.append("skipped")
+        lines.append("skipped frames" if boxes else "skipped")
         lines.extend(f"  {reason:<22}{n:>8}" for reason, n in sorted(skipped.items()))
+    return "\n".join(lines)
+
+
+def roi_table(skipped: Counter[str], messages: Counter[str]) -> str:
+    """A region-of-interest run's boxes (and negatives) skipped per reason, and its box
+    messages or CSV rows, paired or not."""
+    lines = ["skipped boxes" if skipped else "skipped boxes: none"]
+    lines.extend(f"  {reason:<22}{n:>8}" for reason, n in sorted(skipped.items()))
+    if messages:
+        lines.append("box messages")
+        lines.extend(f"  {what:<22}{n:>8}" for what, n in sorted(messages.items()))
     return "\n".join(lines)

@@ -126,10 +126,15 @@ def open_bag(path: str | Path) -> Iterator[Any]:
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
+    from tl_perception.msgdefs import register_vision_msgs
+
     path = Path(path)
     check_bag_path(path)
     try:
-        reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
+        # A bag without embedded definitions (old rosbag2) is read with the latest ROS 2 types,
+        # vision_msgs included (rosbags' stores lack them).
+        store = register_vision_msgs(get_typestore(Stores.LATEST))
+        reader = AnyReader([path], default_typestore=store)
         reader.open()
     except Exception as err:  # rosbags raises many kinds on corrupt input
         raise BagError(f"cannot read bag {str(path)!r}: {_describe(err)}") from err

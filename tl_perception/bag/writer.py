@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tl_perception.crop import Box
 from tl_perception.images import image_fields, rgb_to_compressed
 from tl_perception.msgdefs import register_vision_msgs
 
@@ -25,8 +26,14 @@ STORAGES: tuple[str, ...] = ("mcap", "sqlite3", "ros1")
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 STRING = "std_msgs/msg/String"
+DETECTIONS = "vision_msgs/msg/Detection2DArray"
 #: `Msg.kind` -> ROS message type
-MSGTYPES: dict[str, str] = {"image": IMAGE, "compressed": COMPRESSED, "string": STRING}
+MSGTYPES: dict[str, str] = {
+    "image": IMAGE,
+    "compressed": COMPRESSED,
+    "string": STRING,
+    "detections": DETECTIONS,
+}
 SEC = 1_000_000_000
 
 
@@ -36,7 +43,8 @@ class Msg:
 
     `kind` "image": payload `(rgb, encoding)`, or a mapping of raw `sensor_msgs/Image` fields
     (height, width, encoding, step, data, is_bigendian) to write frames that are bad on purpose;
-    "compressed": `(rgb, "jpeg"|"png")` or the bytes themselves (format "jpeg"); "string": text.
+    "compressed": `(rgb, "jpeg"|"png")` or the bytes themselves (format "jpeg"); "string": text;
+    "detections": a sequence of `Det` (a vision_msgs/Detection2DArray).
     The header stamp is the log time `t_ns` unless `stamp_ns` is given.
     """
 
@@ -45,6 +53,15 @@ class Msg:
     kind: str
     payload: Any
     stamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Det:
+    """One vision_msgs/Detection2D: its box, hypotheses `(class_id, score)` and track id."""
+
+    box: Box
+    results: tuple[tuple[str, float], ...] = ()
+    id: str = ""
 
 
 class BagWriter:
@@ -176,9 +193,50 @@ class BagWriter:
         """A std_msgs/String."""
         self.write(topic, STRING, t_ns, self.types[STRING](data=text))
 
+    def detections(
+        self, topic: str, t_ns: int, dets: Sequence[Det], stamp_ns: int | None = None
+    ) -> None:
+        """A vision_msgs/Detection2DArray; it and each detection carry the header."""
+        types = self.types
+        header = self.header(t_ns if stamp_ns is None else stamp_ns)
+        items = [
+            types["vision_msgs/msg/Detection2D"](
+                header=header,
+                results=[self._hypothesis(class_id, score) for class_id, score in det.results],
+                bbox=types["vision_msgs/msg/BoundingBox2D"](
+                    center=types["vision_msgs/msg/Pose2D"](
+                        position=types["vision_msgs/msg/Point2D"](
+                            x=det.box.center_x, y=det.box.center_y
+                        ),
+                        theta=0.0,
+                    ),
+                    size_x=det.box.size_x,
+                    size_y=det.box.size_y,
+                ),
+                id=det.id,
+            )
+            for det in dets
+        ]
+        self.write(topic, DETECTIONS, t_ns, types[DETECTIONS](header=header, detections=items))
+
+    def _hypothesis(self, class_id: str, score: float) -> Any:
+        types = self.types
+        pose = types["geometry_msgs/msg/Pose"](
+            position=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
+            orientation=types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+        )
+        return types["vision_msgs/msg/ObjectHypothesisWithPose"](
+            hypothesis=types["vision_msgs/msg/ObjectHypothesis"](class_id=class_id, score=score),
+            pose=types["geometry_msgs/msg/PoseWithCovariance"](
+                pose=pose, covariance=np.zeros(36, dtype=np.float64)
+            ),
+        )
+
     def add(self, msg: Msg) -> None:
         """Write one `Msg`."""
-        if msg.kind == "string":
+        if msg.kind == "detections":
+            self.detections(msg.topic, msg.t_ns, msg.payload, msg.stamp_ns)
+        elif msg.kind == "string":
             self.string(msg.topic, msg.t_ns, msg.payload)
         elif msg.kind == "image":
             if isinstance(msg.payload, Mapping):
