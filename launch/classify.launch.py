@@ -17,9 +17,10 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from tl_perception.ros.names import NODE_NAME  # one source for the node's name (import-free)
+
 PACKAGE = "tl_perception"
 EXECUTABLE = "classifier_node"
-NODE_NAME = "classifier"
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -221,15 +221,18 @@ def test_hot_reload_swaps_to_a_good_bundle_and_refuses_broken_ones(
         assert not missing.successful and "does not exist" in missing.reason
         assert node.get_parameter("model_path").value == str(color_bundle)
 
-        # Valid metadata, unloadable network: accepted, fails in the background, rolled back.
-        corrupt = tmp_path / "corrupt"
-        shutil.copytree(color_bundle, corrupt)
-        for name in ("model.tflite", "model.tflite.json"):
-            (corrupt / name).unlink(missing_ok=True)
-        with __import__("zipfile").ZipFile(corrupt / "model.keras", "w") as archive:
-            archive.writestr("config.json", "{not json")
+        # Valid metadata, unloadable network: accepted, fails in the background; the old model
+        # keeps serving, model_path keeps the request and /diagnostics says it failed.
+        corrupt = _broken_network(color_bundle, tmp_path / "corrupt")
         assert node.set_parameters([Parameter("model_path", value=str(corrupt))])[0].successful
-        wait_until(lambda: node.get_parameter("model_path").value == str(color_bundle), 30.0)
+        diag = wait_until(
+            lambda: (d := p.latest_diagnostics()) and d["model_reload"].startswith("failed") and d,
+            30.0,
+        )
+        assert diag["_level"] == "1" and str(corrupt) in diag["model_reload"]
+        assert diag["model"] == str(color_bundle)
+        assert node.get_parameter("serving_model_path").value == str(color_bundle)
+        assert node.get_parameter("model_path").value == str(corrupt)
         assert p.publish_until_result(red, p.image_pub, 1)["results"][0]["class_id"] == "red"
 
         swap = node.set_parameters([Parameter("model_path", value=str(reordered_bundle))])[0]
@@ -280,3 +283,217 @@ def test_large_vga_frame_is_classified(raw_node: tuple[Any, Probe]) -> None:
         lambda s: raw_image(color_image("blue", (480, 640)), "bgr8", s), p.image_pub, 8000
     )
     assert result["results"][0]["class_id"] == "blue"
+
+
+def test_unstamped_frames_do_not_ruin_the_latency_statistic(color_bundle: Path) -> None:
+    """Stamp 0 (a driver that never sets it) would add ~1.7e12 ms to stamp-to-publish latency."""
+    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    with (
+        node_in_process(overrides, namespace="/st0"),
+        probe(namespace="/st0", output_format="json") as p,
+    ):
+        p.wait_for_subscriber(p.image_pub)
+        clock = p.node.get_clock()
+        sent_stamped: list[tuple[int, int]] = []
+        for i in range(10):
+            frame = raw_image(color_image("red", seed=i), "rgb8", 0)
+            if i % 2:
+                frame.header.stamp = clock.now().to_msg()
+                sent_stamped.append((frame.header.stamp.sec, frame.header.stamp.nanosec))
+            else:
+                frame.header.stamp.sec = frame.header.stamp.nanosec = 0
+            p.image_pub.publish(frame)
+            time.sleep(0.2)  # one at a time: latest-frame-wins drops none
+        wait_until(lambda: len(p.results) >= 10, 10.0)
+        stamps = [(r["header"]["stamp"]["sec"], r["header"]["stamp"]["nanosec"]) for r in p.results]
+        assert stamps.count((0, 0)) == 5 and sorted(s for s in stamps if s != (0, 0)) == sorted(
+            sent_stamped
+        )
+        diag = wait_until(
+            lambda: (d := p.latest_diagnostics()) and d["processed_frames"] == "10" and d, 5.0
+        )
+        assert 0.0 <= float(diag["stamp_to_publish_latency_p95_ms"]) < 5_000.0, diag
+        assert diag["unstamped_frames"] == "5"
+
+
+def test_incompatible_qos_warns_only_while_the_publisher_is_there(color_bundle: Path) -> None:
+    overrides = {"model_path": str(color_bundle), "qos": "reliable", "output_format": "json"}
+    with (
+        node_in_process(overrides, namespace="/qw") as node,
+        probe(
+            namespace="/qw", output_format="json", reliability=ReliabilityPolicy.BEST_EFFORT
+        ) as p,
+    ):
+        wait_until(lambda: node._incompatible_qos_events > 0, 10.0)
+        warned = wait_until(lambda: (d := p.latest_diagnostics()) and d["_level"] == "1" and d, 5.0)
+        p.node.destroy_publisher(p.image_pub)
+        diag = wait_until(lambda: (d := p.latest_diagnostics()) and d["_level"] == "0" and d, 5.0)
+        assert diag["incompatible_qos_events"] != "0"  # the history is still counted
+        assert (warned["incompatible_qos_publishers"], diag["incompatible_qos_publishers"]) == (
+            "1",
+            "0",
+        )
+
+
+def test_incompatible_qos_warning_ends_once_qos_auto_rematched(color_bundle: Path) -> None:
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image
+
+    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    with (
+        node_in_process(overrides, namespace="/qa") as node,
+        probe(namespace="/qa", output_format="json") as p,
+    ):
+        p.wait_for_subscriber(p.image_pub)
+        wait_until(lambda: node._input_qos.reliability == ReliabilityPolicy.RELIABLE, 5.0)
+        camera = p.node.create_publisher(
+            Image, "/qa/image", QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+        )
+        wait_until(lambda: node._input_qos.reliability == ReliabilityPolicy.BEST_EFFORT, 5.0)
+        if node._incompatible_qos_events == 0:
+            pytest.skip("the re-match won the race with DDS's incompatible-QoS event this time")
+        diag = wait_until(
+            lambda: (
+                (d := p.latest_diagnostics()) and d["input_qos"].startswith("best_effort") and d
+            ),
+            5.0,
+        )
+        count = len(p.diagnostics)
+        diag = wait_until(lambda: len(p.diagnostics) > count and p.latest_diagnostics(), 5.0)
+        assert diag["_level"] == "0", diag
+        result = p.publish_until_result(
+            lambda s: raw_image(color_image("green"), "rgb8", s), camera, 1
+        )
+        assert result["results"][0]["class_id"] == "green"
+
+
+# ------------------------------------------------------------------ hot reload races (public API)
+def _param_client(p: Probe, node_name: str) -> Any:
+    """A client of the node's parameter services, as `ros2 param` uses them (real DDS)."""
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(p.node, node_name)
+    assert client.wait_for_services(timeout_sec=15.0), f"no parameter services on {node_name}"
+    return client
+
+
+def _set_remote(client: Any, **values: Any) -> list[Any]:
+    future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+    wait_until(future.done, 10.0)
+    return list(future.result().results)
+
+
+def _get_remote(client: Any, *names: str) -> list[Any]:
+    from rclpy.parameter import parameter_value_to_python
+
+    future = client.get_parameters(list(names))
+    wait_until(future.done, 10.0)
+    return [parameter_value_to_python(v) for v in future.result().values]
+
+
+def _broken_network(color_bundle: Path, dst: Path) -> Path:
+    """Valid metadata (accepted at once) but a model.keras that fails to load in the background."""
+    shutil.copytree(color_bundle, dst, ignore=shutil.ignore_patterns("model.tflite*"))
+    with __import__("zipfile").ZipFile(dst / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{not json")
+    return dst
+
+
+def test_a_failing_reload_never_overwrites_a_later_request(
+    color_bundle: Path, reordered_bundle: Path, tmp_path: Path
+) -> None:
+    corrupt = _broken_network(color_bundle, tmp_path / "corrupt")
+    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    with (
+        node_in_process(overrides, namespace="/race"),
+        probe(namespace="/race", output_format="json") as p,
+    ):
+        params = _param_client(p, "/race/classifier")
+        assert _set_remote(params, model_path=str(corrupt))[0].successful
+        assert _set_remote(params, model_path=str(reordered_bundle))[0].successful
+        wait_until(lambda: _get_remote(params, "class_names") == [["blue", "green", "red"]], 30.0)
+        time.sleep(2.5)  # the failed reload used to write the old path back after 2 s
+        assert _get_remote(params, "model_path") == [str(reordered_bundle)]
+        assert _get_remote(params, "serving_model_path") == [str(reordered_bundle)]
+        diag = wait_until(
+            lambda: (d := p.latest_diagnostics()) and d["model"] == str(reordered_bundle) and d,
+            5.0,
+        )
+        assert (diag["model_reload"], diag["_level"]) == ("idle", "0")
+        refused = _set_remote(params, class_names=["x"], serving_model_path=str(color_bundle))
+        assert [r.successful for r in refused] == [False, False]
+        assert all("set by the node" in r.reason for r in refused), refused
+        assert _get_remote(params, "class_names") == [["blue", "green", "red"]]
+
+
+def test_the_last_model_path_request_wins(
+    color_bundle: Path, reordered_bundle: Path, tmp_path: Path
+) -> None:
+    slow = tmp_path / "slow"  # no model.tflite: loading it converts (hundreds of ms)
+    shutil.copytree(reordered_bundle, slow, ignore=shutil.ignore_patterns("model.tflite*"))
+    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    with (
+        node_in_process(overrides, namespace="/last"),
+        probe(namespace="/last", output_format="json") as p,
+    ):
+        params = _param_client(p, "/last/classifier")
+        assert _set_remote(params, model_path=str(slow))[0].successful
+        assert _set_remote(params, model_path=str(color_bundle))[0].successful  # changed my mind
+        wait_until((slow / "model.tflite").is_file, 30.0)  # the slow load got that far
+        time.sleep(1.5)
+        assert _get_remote(params, "class_names", "model_path") == [
+            ["red", "green", "blue"],
+            str(color_bundle),
+        ]
+        assert _get_remote(params, "serving_model_path") == [str(color_bundle)]
+        red = lambda s: raw_image(color_image("red"), "rgb8", s)  # noqa: E731
+        assert p.publish_until_result(red, p.image_pub, 1)["results"][0]["class_id"] == "red"
+        diag = wait_until(lambda: (d := p.latest_diagnostics()) and d, 5.0)
+        assert diag["model"] == str(color_bundle) and diag["model_reload"] == "idle"
+
+
+def test_hot_reload_of_every_broken_bundle_keeps_the_old_model_serving(
+    color_bundle: Path, tmp_path: Path
+) -> None:
+    """Each bundle_breakers case, set as `ros2 param set` would: refused at once (one line) or
+    accepted and failed in the background; the serving model never changes and keeps answering.
+    """
+    from bundle_breakers import broken_bundles, make_lambda_bundle, make_other_shapes
+
+    marker = tmp_path / "foreign_code_ran"
+    broken = broken_bundles(color_bundle, tmp_path / "cases", marker, make_other_shapes(tmp_path))
+    broken["lambda_layer"], lambda_marker = make_lambda_bundle(tmp_path / "lambda")
+    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    with (
+        node_in_process(overrides, namespace="/fuzzhot") as node,
+        probe(namespace="/fuzzhot", output_format="json") as p,
+    ):
+        params = _param_client(p, "/fuzzhot/classifier")
+        outcomes: dict[str, str] = {}
+        for i, (name, path) in enumerate(broken.items()):
+            result = _set_remote(params, model_path=str(path))[0]
+            if not result.successful:
+                assert "\n" not in result.reason and result.reason, (name, result.reason)
+                outcomes[name] = "refused"
+            else:
+                status = wait_until(
+                    lambda: not node.reload_status.startswith("loading") and node.reload_status,
+                    30.0,
+                )
+                assert status.startswith(f"failed {path}:") and "\n" not in status, (name, status)
+                outcomes[name] = "failed"
+            assert _get_remote(params, "serving_model_path") == [str(color_bundle)], name
+            if i % 8 == 0:
+                red = lambda s: raw_image(color_image("red"), "rgb8", s)  # noqa: E731
+                answer = p.publish_until_result(red, p.image_pub, 100 + i)
+                assert answer["results"][0]["class_id"] == "red", name
+        assert set(outcomes.values()) == {"refused", "failed"}, outcomes
+        assert _get_remote(params, "class_names") == [["red", "green", "blue"]]
+        green = lambda s: raw_image(color_image("green"), "rgb8", s)  # noqa: E731
+        assert p.publish_until_result(green, p.image_pub, 999)["results"][0]["class_id"] == "green"
+        diag = wait_until(
+            lambda: (d := p.latest_diagnostics()) and d["model_reload"].startswith("failed") and d,
+            5.0,
+        )
+        assert diag["model"] == str(color_bundle) and diag["_level"] == "1"
+    assert not marker.exists() and not lambda_marker.exists(), "a broken bundle ran code"

@@ -103,3 +103,64 @@ def test_node_with_the_fastdds_profile_receives_a_vga_frame(
     finally:
         out = stop_process(proc)
     assert "XMLPARSER" not in out and "Error" not in out, out
+
+
+# ------------------------------------------------------------------ broken bundles at start-up
+@pytest.fixture(scope="module")
+def broken(color_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every bundle_breakers case, plus a Lambda bundle and a network taking absurd images."""
+    from bundle_breakers import (
+        broken_bundles,
+        make_huge_input_bundle,
+        make_lambda_bundle,
+        make_other_shapes,
+    )
+
+    root = tmp_path_factory.mktemp("broken_at_start")
+    made = broken_bundles(
+        color_bundle, root / "cases", root / "foreign_code_ran", make_other_shapes(root / "o")
+    )
+    made["lambda_layer"], _marker = make_lambda_bundle(root / "lambda")
+    made["absurd_network_input"] = make_huge_input_bundle(root / "huge")
+    return made
+
+
+def _one_error_line(out: str) -> str:
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, out[-3000:]
+    assert "cannot start" in errors[0] and "Traceback" not in out, out[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", ["lambda_layer", "truncated_zip", "tflite_of_another_input_size"])
+def test_console_script_refuses_a_broken_bundle_with_exit_2_and_one_line(
+    broken: dict[str, Path], case: str
+) -> None:
+    marker = broken["lambda_layer"].parent / "lambda_ran"
+    proc = start_node_process(["-p", f"model_path:={broken[case]}", "-p", "output_format:=json"])
+    out, _ = proc.communicate(timeout=120.0)
+    assert proc.returncode == 2, out[-3000:]
+    assert str(broken[case]) in _one_error_line(out)
+    assert not marker.exists(), "starting the node ran the Lambda's code"
+
+
+def test_main_refuses_every_broken_bundle_with_exit_2_and_one_line(
+    broken: dict[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`main()` in this process, for every fuzz case (a process per case would take minutes)."""
+    from tl_perception.ros.classifier_node import main
+
+    marker = broken["lambda_layer"].parent / "lambda_ran"
+    failures = {}
+    for name, path in broken.items():
+        code = main(["classifier_node", "--ros-args", "-p", f"model_path:={path}"])
+        out = capfd.readouterr()
+        text = out.out + out.err
+        errors = [line for line in text.splitlines() if "ERROR" in line]
+        if code != 2 or len(errors) != 1 or "Traceback" in text:
+            failures[name] = (code, text[-600:])
+    assert not failures, failures
+    assert (
+        not marker.exists()
+        and not (broken["truncated_zip"].parent.parent / "foreign_code_ran").exists()
+    )

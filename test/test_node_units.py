@@ -124,3 +124,93 @@ def test_parameter_descriptors_carry_ranges_and_read_only_flags() -> None:
     assert threshold.floating_point_range[0].to_value == 1.0
     assert descriptor("backend", PARAMETERS["backend"]).read_only is True
     assert "litert" in descriptor("backend", PARAMETERS["backend"]).description
+
+
+def test_unstamped_frames_are_counted_and_left_out_of_the_latency_statistic() -> None:
+    stats = FrameStats()
+    stats.count_processed(inference_ms=1.0, latency_ms=12.0)
+    stats.count_processed(inference_ms=2.0, latency_ms=None)  # stamp 0: no capture time
+    stats.count_processed(inference_ms=3.0, latency_ms=14.0)
+    snap = stats.snapshot()
+    assert (snap.processed, snap.unstamped) == (3, 1)
+    assert (snap.latency_ms_p50, snap.inference_ms_p50) == (13.0, 2.0)
+
+
+def test_is_unstamped_means_a_zero_stamp_and_ns_round_trips() -> None:
+    from builtin_interfaces.msg import Time
+
+    from tl_perception.stamps import is_unstamped, ns_to_sec_nanosec, stamp_to_ns
+
+    assert is_unstamped(Time(sec=0, nanosec=0))
+    assert not is_unstamped(Time(sec=0, nanosec=1)) and not is_unstamped(Time(sec=5))
+    ns = 1_700_000_000_250_000_001
+    assert stamp_to_ns(Time(sec=1_700_000_000, nanosec=250_000_001)) == ns
+    assert ns_to_sec_nanosec(ns) == (1_700_000_000, 250_000_001)
+
+
+def test_ros_code_uses_only_public_rclpy_node_api() -> None:
+    """No reads or writes of rclpy.Node internals (they differ between distributions).
+
+    The private names are those a real Node has (class and instance), so a subclass attribute
+    that merely shares the underscore style (e.g. `self._worker`) is not flagged.
+    """
+    import ast
+    from pathlib import Path
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.node import Node
+
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        node = Node("api_probe", context=context)
+        names = set(vars(Node)) | set(vars(node))
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+    private = {n for n in names if n.startswith("_") and not n.startswith("__")}
+    assert "_parameters" in private  # what the old node wrote
+    offenders = []
+    for path in sorted((Path(__file__).parents[1] / "tl_perception" / "ros").glob("*.py")):
+        for node_ in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node_, ast.Attribute)
+                and isinstance(node_.value, ast.Name)
+                and node_.value.id == "self"
+                and node_.attr in private
+            ):
+                offenders.append(f"{path.name}:{node_.lineno} self.{node_.attr}")
+    assert not offenders, offenders
+
+
+def test_node_name_and_backend_list_have_one_source() -> None:
+    """The launch file, the node and the parameter table read these from one definition."""
+    import ast
+    from pathlib import Path
+
+    from tl_perception.inference import BACKENDS
+    from tl_perception.ros import names
+    from tl_perception.ros.diagnostics import build_diagnostics  # noqa: F401 (imports cleanly)
+
+    launch = ast.parse(
+        (Path(__file__).parents[1] / "launch" / "classify.launch.py").read_text(encoding="utf-8")
+    )
+    imported = {
+        alias.name
+        for node in ast.walk(launch)
+        if isinstance(node, ast.ImportFrom) and node.module == "tl_perception.ros.names"
+        for alias in node.names
+    }
+    assigned = {
+        target.id
+        for node in ast.walk(launch)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert "NODE_NAME" in imported and "NODE_NAME" not in assigned
+    assert names.diagnostics_status_name("/front/classifier") == (
+        "/front/classifier: image classification"
+    )
+    assert PARAMETERS["backend"].choices is BACKENDS

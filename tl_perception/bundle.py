@@ -10,13 +10,15 @@ that the network's shapes match the metadata.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from tl_perception.errors import BundleError
+from tl_perception.crop import CropError, CropPolicy
+from tl_perception.errors import BundleError, one_line
 from tl_perception.fsutil import atomic_write_json, staged_directory
 
 if TYPE_CHECKING:
@@ -30,16 +32,32 @@ LABELS_FILE = "labels.txt"
 META_FILE = "bundle.json"
 REPORT_DIR = "report"
 
+#: The largest input side a bundle may declare. Backbones take 96-600 px; a bundle.json saying
+#: more is corrupt or hostile, and would make the warm-up allocate gigabytes before anything
+#: could check the network.
+MAX_INPUT_SIDE = 4096
+#: bundle.json holds metadata and training history (kilobytes); never read a runaway file whole.
+MAX_META_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Bundle:
-    """A validated bundle on disk; `meta` is the whole of bundle.json."""
+    """A validated bundle on disk; `meta` is the whole of bundle.json.
+
+    `crop_policy`: how ROIs are cut from a frame (None: the model classifies whole frames).
+    `temperature`: the calibration temperature already folded into the model (None: never
+    calibrated); informational, nothing has to apply it. `unknown_threshold`: the best score
+    below which an answer should be "unknown", chosen on the validation split (None: none).
+    """
 
     path: Path
     input_size: tuple[int, int]
     class_names: tuple[str, ...]
     backbone: str
     meta: Mapping[str, Any] = field(repr=False)
+    crop_policy: CropPolicy | None = None
+    temperature: float | None = None
+    unknown_threshold: float | None = None
 
     @property
     def model_path(self) -> Path:
@@ -63,8 +81,10 @@ class Bundle:
 
         try:
             model = keras.saving.load_model(self.model_path, compile=False, safe_mode=True)
-        except Exception as err:
-            raise BundleError(f"{self.model_path}: cannot load Keras model: {err}") from err
+        except Exception as err:  # Keras raises anything from a broken archive; all mean "corrupt"
+            raise BundleError(
+                f"{self.model_path}: cannot load Keras model: {one_line(err)}"
+            ) from err
         check_model_shapes(model, self.input_size, self.num_classes, str(self.model_path))
         return model
 
@@ -73,14 +93,22 @@ def check_model_shapes(
     model: Any, input_size: Sequence[int], num_classes: int, where: str = "model"
 ) -> None:
     """The network must take (N, H, W, 3) images and give one probability per label."""
-    in_shape = tuple(model.inputs[0].shape)
-    out_shape = tuple(model.outputs[0].shape)
+    inputs, outputs = (
+        list(getattr(model, "inputs", None) or []),
+        list(getattr(model, "outputs", None) or []),
+    )
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BundleError(
+            f"{where}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
+        )
+    in_shape = tuple(inputs[0].shape)
+    out_shape = tuple(outputs[0].shape)
     if len(in_shape) != 4 or tuple(in_shape[1:]) != (*tuple(input_size), 3):
         raise BundleError(
             f"{where}: input shape {in_shape} does not match bundle input_size "
             f"{list(input_size)} with 3 channels"
         )
-    if out_shape[-1] != num_classes:
+    if len(out_shape) != 2 or out_shape[-1] != num_classes:
         raise BundleError(
             f"{where}: model has {out_shape[-1]} outputs but labels.txt has {num_classes} classes"
         )
@@ -99,13 +127,19 @@ def read_bundle(path: str | Path) -> Bundle:
     if not meta_path.is_file():
         raise BundleError(f"{path}: missing {META_FILE}; is this a tl_perception model bundle?")
     try:
+        size = meta_path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise BundleError(
+                f"{meta_path}: too large ({size} bytes, at most {MAX_META_BYTES}); not bundle "
+                "metadata"
+            )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{meta_path}: corrupt JSON: {err}") from err
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or JSON
+        raise BundleError(f"{meta_path}: corrupt JSON: {one_line(err, 200)}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{meta_path}: 'format' must be {FORMAT!r}")
     version = meta.get("version")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # JSON true == 1 in Python
         raise BundleError(
             f"{meta_path}: bundle version {version!r} is not supported "
             f"(this tl_perception reads version {VERSION})"
@@ -114,20 +148,30 @@ def read_bundle(path: str | Path) -> Bundle:
     if (
         not isinstance(input_size, list)
         or len(input_size) != 2
-        or not all(isinstance(v, int) and v > 0 for v in input_size)
+        or not all(
+            type(v) is int and 0 < v <= MAX_INPUT_SIDE  # type(): JSON true is not a size
+            for v in input_size
+        )
     ):
-        raise BundleError(f"{meta_path}: 'input_size' must be [height, width] positive integers")
+        raise BundleError(
+            f"{meta_path}: 'input_size' must be [height, width], integers 1-{MAX_INPUT_SIDE}, "
+            f"got {one_line(json.dumps(input_size), 80)}"
+        )
     if meta.get("color_order") != "rgb":
         raise BundleError(
-            f"{meta_path}: 'color_order' must be 'rgb', got {meta.get('color_order')!r}"
+            f"{meta_path}: 'color_order' must be 'rgb', got "
+            f"{one_line(repr(meta.get('color_order')), 80)}"
         )
     names = meta.get("class_names")
     if (
         not isinstance(names, list)
         or not names
-        or not all(isinstance(n, str) and n and "\n" not in n for n in names)
+        or not all(isinstance(n, str) and n.splitlines() == [n] for n in names)
     ):
-        raise BundleError(f"{meta_path}: 'class_names' must be a non-empty list of names")
+        raise BundleError(
+            f"{meta_path}: 'class_names' must be a non-empty list of names, each one line "
+            "(labels.txt holds one per line)"
+        )
     if len(set(names)) != len(names):
         raise BundleError(f"{meta_path}: 'class_names' has duplicates")
     backbone = meta.get("backbone")
@@ -136,7 +180,10 @@ def read_bundle(path: str | Path) -> Bundle:
     labels_path = path / LABELS_FILE
     if not labels_path.is_file():
         raise BundleError(f"{path}: missing {LABELS_FILE}")
-    labels = labels_path.read_text(encoding="utf-8").splitlines()
+    try:
+        labels = labels_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8
+        raise BundleError(f"{labels_path}: unreadable: {one_line(err, 200)}") from err
     if labels != names:
         raise BundleError(
             f"{labels_path}: {len(labels)} labels do not equal bundle.json class_names "
@@ -153,7 +200,60 @@ def read_bundle(path: str | Path) -> Bundle:
         class_names=tuple(names),
         backbone=backbone,
         meta=meta,
+        crop_policy=_crop_policy(meta, meta_path),
+        temperature=_temperature(meta, meta_path),
+        unknown_threshold=_unknown_threshold(meta, meta_path),
     )
+
+
+def _crop_policy(meta: Mapping[str, Any], meta_path: Path) -> CropPolicy | None:
+    """`crop`: read strictly by `CropPolicy.from_dict`; absent or null means whole frames."""
+    data = meta.get("crop")
+    if data is None:
+        return None
+    try:
+        return CropPolicy.from_dict(data, where=f"{meta_path}: crop")
+    except CropError as err:
+        raise BundleError(one_line(err, 300)) from None
+
+
+def _temperature(meta: Mapping[str, Any], meta_path: Path) -> float | None:
+    """`calibration.temperature`: a positive number when `calibration` is there."""
+    calibration = meta.get("calibration")
+    if calibration is None:
+        return None
+    if not isinstance(calibration, dict):
+        raise BundleError(f"{meta_path}: 'calibration' must be an object")
+    value = calibration.get("temperature")
+    if not _is_number(value) or value <= 0:
+        raise BundleError(
+            f"{meta_path}: calibration: temperature must be a positive number, got "
+            f"{one_line(repr(value), 80)}"
+        )
+    return float(value)
+
+
+def _unknown_threshold(meta: Mapping[str, Any], meta_path: Path) -> float | None:
+    """`unknown_threshold.value`: a score in [0, 1], or null when validation found none."""
+    record = meta.get("unknown_threshold")
+    if record is None:
+        return None
+    if not isinstance(record, dict) or "value" not in record:
+        raise BundleError(f"{meta_path}: 'unknown_threshold' must be an object with a 'value'")
+    value = record["value"]
+    if value is None:
+        return None
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise BundleError(
+            f"{meta_path}: unknown_threshold: value must be a number in [0, 1] or null, got "
+            f"{one_line(repr(value), 80)}"
+        )
+    return float(value)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    """A finite JSON number (true and false are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def bundle_meta(

@@ -23,3 +23,14 @@ class BagError(TlPerceptionError):
 
 class TrainingError(TlPerceptionError):
     """Training options or backbones that cannot work together."""
+
+
+def one_line(err: object, limit: int = 600) -> str:
+    """An error (or any text) as one line of at most `limit` characters.
+
+    Errors raised by Keras, TensorFlow or LiteRT span many lines and may dump a whole model
+    config; a user-facing message (a CLI line, a log line, a `ros2 param set` reason, a
+    /diagnostics value) must stay one readable line.
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

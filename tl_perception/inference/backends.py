@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tl_perception.bundle import Bundle
-from tl_perception.errors import BundleError
+from tl_perception.errors import BundleError, one_line
 
 
 class KerasBackend:
@@ -29,12 +29,12 @@ class KerasBackend:
         height, width = bundle.input_size
         spec = tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")
 
-        @tf.function(input_signature=[spec], reduce_retracing=True)
         def infer(images: Any) -> Any:
             return model(images, training=False)
 
         self._model = model
-        self._infer = infer
+        # tf.function is untyped: wrap by call, not as a decorator, so `infer` keeps its type.
+        self._infer = tf.function(infer, input_signature=[spec], reduce_retracing=True)
         self._tf = tf
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -49,11 +49,18 @@ class LiteRTBackend:
 
     def __init__(self, model: bytes | Path, bundle: Bundle, num_threads: int | None = None) -> None:
         self._interpreter = open_interpreter(model, num_threads)
-        check_tflite_shapes(self._interpreter, bundle, _describe(model))
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        self._resizable = int(self._input["shape_signature"][0]) == -1
-        self._batch = int(self._input["shape"][0])
+        try:
+            check_tflite_shapes(self._interpreter, bundle, _describe(model))
+            self._input = self._interpreter.get_input_details()[0]
+            self._output = self._interpreter.get_output_details()[0]
+            self._resizable = int(self._input["shape_signature"][0]) == -1
+            self._batch = int(self._input["shape"][0])
+        except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as err:
+            # A damaged flatbuffer can load yet fail on its tensor details (e.g. a name that
+            # is not UTF-8): still a bad model file, not a crash.
+            raise BundleError(
+                f"{_describe(model)}: unreadable TFLite tensor details: {one_line(err)}"
+            ) from err
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:
@@ -74,8 +81,8 @@ class LiteRTBackend:
         out = self._interpreter.get_tensor(self._output["index"])
         scale, zero_point = self._output["quantization"]
         if np.issubdtype(out.dtype, np.integer) and scale:
-            return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return out.astype(np.float32, copy=True)
+            out = (np.asarray(out, dtype=np.float32) - zero_point) * scale
+        return np.array(out, dtype=np.float32)  # a copy: LiteRT reuses its output buffer
 
 
 def default_threads() -> int:
@@ -95,7 +102,7 @@ def open_interpreter(model: bytes | Path, num_threads: int | None = None) -> Any
             interpreter = Interpreter(model_path=str(model), num_threads=threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
-        raise BundleError(f"{_describe(model)}: cannot load TFLite model: {err}") from err
+        raise BundleError(f"{_describe(model)}: cannot load TFLite model: {one_line(err)}") from err
     return interpreter
 
 
@@ -130,8 +137,10 @@ def _to_input(batch: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if np.issubdtype(dtype, np.integer) and scale:
         info = np.iinfo(dtype)
         q = np.rint(batch.astype(np.float32) / scale + zero_point)
-        return np.clip(q, info.min, info.max).astype(dtype)
-    return batch.astype(dtype)
+        quantized: np.ndarray = np.clip(q, info.min, info.max).astype(dtype)
+        return quantized
+    converted: np.ndarray = batch.astype(dtype)
+    return converted
 
 
 def _describe(model: bytes | Path) -> str:

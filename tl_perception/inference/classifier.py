@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tl_perception.bundle import Bundle, read_bundle
+from tl_perception.errors import BundleError, one_line
 from tl_perception.inference.backends import KerasBackend, LiteRTBackend
 from tl_perception.inference.convert import tflite_for_bundle
 from tl_perception.inference.preprocess import make_batch
@@ -89,9 +90,23 @@ class Classifier:
         ]
 
     def warmup(self) -> None:
-        """One dummy inference so the first real frame does not pay graph tracing/allocation."""
+        """One dummy inference so the first real frame does not pay graph tracing/allocation.
+
+        It is also the first time the network runs, so a model that loads but cannot run
+        (a damaged flatbuffer, an op that fails) is refused here as a BundleError.
+        """
         height, width = self.input_size
-        self.predict_proba([np.zeros((height, width, 3), dtype=np.uint8)])
+        try:
+            probs = self.predict_proba([np.zeros((height, width, 3), dtype=np.uint8)])
+        except Exception as err:  # TF and LiteRT raise many types; all mean "this model is broken"
+            raise BundleError(
+                f"{self.bundle.path}: the model fails on a blank image: {one_line(err)}"
+            ) from err
+        if probs.shape != (1, self.bundle.num_classes):
+            raise BundleError(
+                f"{self.bundle.path}: the model returns shape {probs.shape} for one image, "
+                f"expected (1, {self.bundle.num_classes})"
+            )
 
     def __repr__(self) -> str:
         return (

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tl_perception.bundle import Bundle
-from tl_perception.errors import BundleError
+from tl_perception.errors import BundleError, one_line
 from tl_perception.fsutil import atomic_write_bytes, atomic_write_json
 
 SIDECAR_FILE = "model.tflite.json"
@@ -61,6 +61,7 @@ def keras_to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
+        assert representative_images is not None  # checked above; narrows the type
         samples = [np.asarray(img, dtype=np.uint8) for img in list(representative_images)]
 
         def representative() -> Iterator[list[np.ndarray]]:
@@ -74,9 +75,8 @@ def keras_to_tflite(
             return bytes(converter.convert())
         except Exception as err:
             tail = log().strip().splitlines()[-3:]
-            raise BundleError(
-                f"TFLite conversion failed: {err}" + (f" ({' | '.join(tail)})" if tail else "")
-            ) from err
+            detail = f" ({' | '.join(tail)})" if tail else ""
+            raise BundleError(one_line(f"TFLite conversion failed: {err}{detail}")) from err
 
 
 def file_sha256(path: Path) -> str:

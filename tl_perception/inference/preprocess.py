@@ -43,7 +43,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def make_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+def make_batch(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Stack images of any size into an (N, H, W, 3) uint8 batch at the model's input size."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)

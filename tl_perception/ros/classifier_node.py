@@ -4,6 +4,14 @@ Data path: the subscription callback only stores the newest message (latest fram
 unprocessed frames are counted as dropped); one worker thread decodes it with
 `images.message_to_rgb`, classifies it and publishes, so latency never grows with a queue.
 Parameters are listed in `params.PARAMETERS` and docs/node.md.
+
+Hot reload: setting `model_path` validates the bundle's metadata at once (refused: the set fails)
+and queues a request for one reload thread, which loads requests one at a time. Each request
+carries a sequence number; a load whose request was superseded meanwhile is thrown away, and a
+failure of a superseded request changes nothing, so the last request always wins. `model_path` is
+the user's request and the node never writes it; the node publishes what serves in its own
+`serving_model_path` and `class_names`, through the public `set_parameters` (see
+`params.declare_node_owned` for why they are not `read_only`).
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
-from rclpy.time import Time
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -32,22 +41,30 @@ except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
 from tl_perception.bundle import read_bundle
-from tl_perception.errors import BundleError, ImageDecodeError, TlPerceptionError
+from tl_perception.errors import BundleError, ImageDecodeError, TlPerceptionError, one_line
 from tl_perception.images import image_fields, message_to_rgb
 from tl_perception.ros import qos as qos_rules
-from tl_perception.ros.diagnostics import build_diagnostics
+from tl_perception.ros.diagnostics import RELOAD_IDLE, NodeStatus, build_diagnostics
 from tl_perception.ros.messages import (
     build_classification,
     build_label_info,
     classification_type,
     resolve_output_format,
 )
+from tl_perception.ros.names import NODE_NAME, diagnostics_status_name
 from tl_perception.ros.overlay import draw_overlay
-from tl_perception.ros.params import CLASS_NAMES, declare_all, declare_class_names
+from tl_perception.ros.params import (
+    CLASS_NAMES,
+    NODE_OWNED,
+    NODE_OWNED_REFUSAL,
+    SERVING_MODEL_PATH,
+    declare_all,
+    declare_node_owned,
+)
 from tl_perception.ros.results import select_hypotheses
 from tl_perception.ros.stats import FrameStats, LatestFrameSlot
+from tl_perception.stamps import is_unstamped, stamp_to_ns
 
-NODE_NAME = "classifier"
 DIAGNOSTICS_PERIOD_S = 1.0
 QOS_RECHECK_PERIOD_S = 1.0
 BAD_FRAME_LOG_THROTTLE_S = 5.0
@@ -70,11 +87,49 @@ def load_classifier(model_path: str, backend: str, num_threads: int) -> Any:
     return classifier
 
 
+class NodeOwnedWriter:
+    """The node's own writes of its node-owned parameters, with public rclpy API only.
+
+    rclpy calls the on-set callback in the thread that calls `set_parameters`, so a thread-local
+    flag tells the node's own writes apart from a `ros2 param set` served at the same moment on
+    the executor thread, without a window in which an outside write could slip through.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._local = threading.local()
+
+    def allowed(self) -> bool:
+        """Whether the current set_parameters call is the node's own."""
+        return bool(getattr(self._local, "active", False))
+
+    def write(self, values: dict[str, Any]) -> None:
+        self._local.active = True
+        try:
+            results = self._node.set_parameters(
+                [Parameter(name, value=value) for name, value in values.items()]
+            )
+        finally:
+            self._local.active = False
+        for name, result in zip(values, results, strict=True):
+            if not result.successful:
+                self._node.get_logger().error(f"could not update {name}: {result.reason}")
+
+
 class ClassifierNode(Node):
     """Subscribe images, classify the newest one on a worker thread, publish results."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        try:
+            self._setup()
+        except BaseException:
+            # A refused start-up (bad parameter, broken bundle) must not leave a half-built
+            # node in the graph: a caller that goes on (a test, a launch retry) would see it.
+            Node.destroy_node(self)
+            raise
+
+    def _setup(self) -> None:
         # 1. Parameters, validated before anything heavy happens.
         config = declare_all(self)
         self._model_path: str = config["model_path"]
@@ -86,14 +141,16 @@ class ClassifierNode(Node):
         self._score_threshold: float = config["score_threshold"]
         self._max_rate_hz: float = config["max_rate_hz"]
         self._publish_overlay: bool = config["publish_overlay"]
-        self._overlay_pub = None
+        self._overlay_pub: Publisher | None = None
         self._output_format = resolve_output_format(config["output_format"])
 
         # 2. The model (fails start-up with one BundleError line).
         self._classifier = load_classifier(
             self._model_path, self._backend_choice, self._num_threads
         )
-        declare_class_names(self, self._classifier.class_names)
+        self._serving_path = self._model_path
+        self._owned = NodeOwnedWriter(self)
+        declare_node_owned(self, self._classifier.class_names, self._serving_path)
         self.get_logger().info(
             f"loaded {self._model_path} ({len(self._classifier.class_names)} classes, "
             f"input {self._classifier.input_size}, backend {self._classifier.backend})"
@@ -103,7 +160,7 @@ class ClassifierNode(Node):
         self._result_pub = self.create_publisher(
             classification_type(self._output_format), "classification", OUTPUT_QOS
         )
-        self._label_pub = None
+        self._label_pub: Publisher | None = None
         if self._output_format == "vision_msgs":
             from vision_msgs.msg import LabelInfo
 
@@ -116,15 +173,20 @@ class ClassifierNode(Node):
         self._stats = FrameStats()
         self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
         self._incompatible_qos_events = 0
-        self._subscription = None
+        self._subscription: Subscription | None = None
         self._input_qos = qos_rules.preset_profile(self._qos_mode)
         self._subscribe(self._input_qos, reason=f"qos:={self._qos_mode}")
 
-        # 5. Worker thread, 6. timers and run-time parameter changes.
-        self._reload_lock = threading.Lock()
+        # 5. Worker and reload threads, 6. timers and run-time parameter changes.
         self._stop = threading.Event()
+        self._reload_lock = threading.RLock()  # guards the request sequence and the swap
+        self._reload_seq = 0
+        self._reload_state = RELOAD_IDLE
+        self._reload_requests: LatestFrameSlot[tuple[int, str]] = LatestFrameSlot()
         self._worker = threading.Thread(target=self._worker_loop, name="classify", daemon=True)
         self._worker.start()
+        self._reloader = threading.Thread(target=self._reload_loop, name="reload", daemon=True)
+        self._reloader.start()
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         if self._qos_mode == "auto":
             self.create_timer(QOS_RECHECK_PERIOD_S, self._match_publisher_qos)
@@ -137,6 +199,11 @@ class ClassifierNode(Node):
         """The fully resolved (remapped) topic the node listens on."""
         base = self.resolve_topic_name("image")
         return f"{base}/compressed" if self._transport == "compressed" else base
+
+    @property
+    def reload_status(self) -> str:
+        """`idle`, `loading <path>` or `failed <path>: <reason>` (also in /diagnostics)."""
+        return self._reload_state
 
     def _subscribe(self, profile: QoSProfile, reason: str) -> None:
         if self._subscription is not None:
@@ -194,7 +261,7 @@ class ClassifierNode(Node):
             except Exception as err:  # keep serving: one bad inference must not kill the node
                 self._stats.count_error()
                 self.get_logger().error(
-                    f"classification failed: {type(err).__name__}: {err}",
+                    f"classification failed: {type(err).__name__}: {one_line(err)}",
                     throttle_duration_sec=BAD_FRAME_LOG_THROTTLE_S,
                 )
         self._slot.close()
@@ -202,11 +269,15 @@ class ClassifierNode(Node):
     def _process(self, msg: Any) -> None:
         try:
             rgb = message_to_rgb(msg)
-        except ImageDecodeError as err:
+        except Exception as err:  # any frame the decoder cannot turn into pixels is a bad frame
             self._stats.count_bad()
+            # ImageDecodeError says why; anything else is a decoder bug, named so it gets fixed.
+            why = one_line(err)
+            if not isinstance(err, ImageDecodeError):
+                why = f"the decoder raised {type(err).__name__}: {why}"
             self.get_logger().warning(
                 f"bad frame on {self.input_topic} (stamp {msg.header.stamp.sec}."
-                f"{msg.header.stamp.nanosec:09d}): {err}",
+                f"{msg.header.stamp.nanosec:09d}): {why}",
                 throttle_duration_sec=BAD_FRAME_LOG_THROTTLE_S,
             )
             return
@@ -217,8 +288,10 @@ class ClassifierNode(Node):
         inference_ms = (time.perf_counter() - started) * 1000.0
         results = select_hypotheses(ranked, top_k, threshold)
         self._result_pub.publish(build_classification(self._output_format, msg.header, results))
-        latency = self.get_clock().now() - Time.from_msg(msg.header.stamp)
-        self._stats.count_processed(inference_ms, latency.nanoseconds / 1e6)
+        latency_ms = None  # stamp 0: no capture time, kept out of the latency statistic
+        if not is_unstamped(msg.header.stamp):
+            latency_ms = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) / 1e6
+        self._stats.count_processed(inference_ms, latency_ms)
         overlay_pub = self._overlay_pub
         if self._publish_overlay and overlay_pub and overlay_pub.get_subscription_count() > 0:
             overlay = Image(header=msg.header, **image_fields(draw_overlay(rgb, results), "rgb8"))
@@ -233,15 +306,22 @@ class ClassifierNode(Node):
             )
 
     def _publish_diagnostics(self) -> None:
+        offered = [info.qos_profile for info in self.get_publishers_info_by_topic(self.input_topic)]
+        classifier = self._classifier
+        status = NodeStatus(
+            backend=classifier.backend,
+            model=str(classifier.bundle.path),
+            qos=qos_rules.describe(self._input_qos),
+            incompatible_qos_events=self._incompatible_qos_events,
+            incompatible_qos_publishers=qos_rules.count_incompatible(offered, self._input_qos),
+            model_reload=self._reload_state,
+        )
         self._diag_pub.publish(
             build_diagnostics(
-                f"{self.get_fully_qualified_name()}: image classification",
+                diagnostics_status_name(self.get_fully_qualified_name()),
                 self.get_clock().now().to_msg(),
                 self._stats.snapshot(),
-                backend=self._classifier.backend,
-                model=str(self._classifier.bundle.path),
-                qos=qos_rules.describe(self._input_qos),
-                incompatible_qos_events=self._incompatible_qos_events,
+                status,
             )
         )
 
@@ -251,17 +331,25 @@ class ClassifierNode(Node):
 
     # ---------------------------------------------------------------- run-time parameters
     def _on_set_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
-        """Apply top_k / score_threshold / max_rate_hz / publish_overlay; hot-reload model_path."""
+        """Apply top_k / score_threshold / max_rate_hz / publish_overlay; queue a model reload.
+
+        Everything that can refuse the set is checked before anything changes.
+        """
         by_name = {p.name: p.value for p in params}
+        for name in NODE_OWNED:
+            if name in by_name and not self._owned.allowed():
+                return SetParametersResult(successful=False, reason=f"{name} {NODE_OWNED_REFUSAL}")
         new_model = by_name.get("model_path")
-        if new_model is not None and new_model != self._model_path:
+        if new_model is not None:
             try:
                 read_bundle(new_model)  # cheap validation; the network loads in the background
             except BundleError as err:
+                reason = one_line(err)
                 self.get_logger().error(
-                    f"refused model_path {new_model!r}: {err}; still serving {self._model_path!r}"
+                    f"refused model_path {new_model!r}: {reason}; still serving "
+                    f"{self._serving_path!r}"
                 )
-                return SetParametersResult(successful=False, reason=str(err))
+                return SetParametersResult(successful=False, reason=reason)
         if "top_k" in by_name:
             self._top_k = int(by_name["top_k"])
         if "score_threshold" in by_name:
@@ -272,54 +360,74 @@ class ClassifierNode(Node):
         if "publish_overlay" in by_name:
             self._publish_overlay = bool(by_name["publish_overlay"])
             self._ensure_overlay_publisher()
-        if new_model is not None and new_model != self._model_path:
-            threading.Thread(
-                target=self._reload, args=(new_model,), name="reload", daemon=True
-            ).start()
+        if new_model is not None:
+            self._request_reload(new_model)
         return SetParametersResult(successful=True)
 
-    def _reload(self, model_path: str) -> None:
-        """Load a bundle next to the serving one and swap it in; on failure keep the old one."""
+    def _request_reload(self, model_path: str) -> None:
+        """Make `model_path` the newest request; any request before it is now stale."""
         with self._reload_lock:
-            old_path = self._model_path
-            self.get_logger().info(f"loading {model_path!r} in the background")
-            try:
-                classifier = load_classifier(model_path, self._backend_choice, self._num_threads)
-            except (TlPerceptionError, ValueError, OSError) as err:
-                self.get_logger().error(
-                    f"hot reload of {model_path!r} failed: {err}; still serving {old_path!r}"
-                )
-                self._restore_model_path(model_path, old_path)
-                return
-            self._classifier = classifier
+            self._reload_seq += 1
+            seq = self._reload_seq
             self._model_path = model_path
-            self._set_class_names(classifier.class_names)
-            self._publish_label_info()
-            self.get_logger().info(
-                f"swapped in {model_path!r} ({len(classifier.class_names)} classes, "
-                f"backend {classifier.backend}); was {old_path!r}"
+            serving = model_path == self._serving_path
+            self._reload_state = RELOAD_IDLE if serving else f"loading {model_path}"
+        self._reload_requests.put((seq, model_path))
+
+    def _reload_loop(self) -> None:
+        """One reload at a time; a request replaced before it was taken is never loaded."""
+        while not self._stop.is_set():
+            request = self._reload_requests.take(timeout=0.2)
+            if request is None:
+                continue
+            try:
+                self._load_and_swap(*request)
+            except Exception as err:  # the reload thread must outlive any bundle
+                self.get_logger().error(f"hot reload failed unexpectedly: {one_line(err)}")
+
+    def _load_and_swap(self, seq: int, model_path: str) -> None:
+        """Load a bundle next to the serving one and swap it in, unless a newer request came."""
+        if seq != self._reload_seq or model_path == self._serving_path:
+            return  # superseded, or asks for what already serves
+        self.get_logger().info(f"loading {model_path!r} in the background")
+        try:
+            classifier = load_classifier(model_path, self._backend_choice, self._num_threads)
+        except Exception as err:  # a broken bundle must never stop the serving model
+            with self._reload_lock:
+                current = seq == self._reload_seq
+                if current:
+                    self._reload_state = f"failed {model_path}: {one_line(err)}"
+            log = self.get_logger().error if current else self.get_logger().info
+            log(
+                f"hot reload of {model_path!r} failed: {one_line(err)}; still serving "
+                f"{self._serving_path!r}" + ("" if current else " (a newer request is pending)")
             )
-
-    def _restore_model_path(self, refused: str, serving: str) -> None:
-        """Show the model that really serves: put `model_path` back once rclpy stored `refused`."""
-        deadline = time.monotonic() + 2.0
-        while self.get_parameter("model_path").value != refused and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self.set_parameters([Parameter("model_path", value=serving)])
-
-    def _set_class_names(self, names: Sequence[str]) -> None:
-        # `class_names` is read-only to users; rclpy has no public way for the node itself to
-        # update a read-only parameter, so replace the stored value directly.
-        self._parameters[CLASS_NAMES] = Parameter(
-            CLASS_NAMES, Parameter.Type.STRING_ARRAY, list(names)
+            return
+        with self._reload_lock:
+            if seq != self._reload_seq:
+                self.get_logger().info(f"loaded {model_path!r}, discarded: a newer request came")
+                return
+            old_path = self._serving_path
+            self._classifier = classifier  # one assignment: the worker sees old or new, whole
+            self._serving_path = model_path
+            self._reload_state = RELOAD_IDLE
+            self._owned.write(
+                {SERVING_MODEL_PATH: model_path, CLASS_NAMES: list(classifier.class_names)}
+            )
+        self._publish_label_info()
+        self.get_logger().info(
+            f"swapped in {model_path!r} ({len(classifier.class_names)} classes, "
+            f"backend {classifier.backend}); was {old_path!r}"
         )
 
     # ---------------------------------------------------------------- shutdown
     def destroy_node(self) -> None:
         self._stop.set()
         self._slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        self._reload_requests.close()
+        for thread in (self._worker, self._reloader):
+            if thread.is_alive():
+                thread.join(timeout=5.0)
         super().destroy_node()
 
 
@@ -333,7 +441,7 @@ def main(args: list[str] | None = None) -> int:
         executor.add_node(node)
         executor.spin()
     except TlPerceptionError as err:
-        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {err}")
+        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {one_line(err)}")
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

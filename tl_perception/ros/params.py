@@ -2,6 +2,13 @@
 
 `config/classify.yaml`, the launch file and docs/node.md mirror this table; a test checks that
 every key in the YAML is declared here.
+
+Two more parameters are *node-owned*: `class_names` and `serving_model_path` describe the model
+that serves right now, so the node updates them on every hot reload. rclpy lets no one, not even
+the node itself, set a parameter declared `read_only` (only `declare_parameter` writes it), and
+undeclaring a read-only parameter is refused too. So they are declared writable, and the node's
+on-set callback refuses every write that does not come from the node's own `NodeOwnedWriter`
+(see `classifier_node`); their descriptions say so, and `ros2 param set` fails with that reason.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from rcl_interfaces.msg import (
 )
 from rclpy.node import Node
 
+from tl_perception.inference import BACKENDS
 from tl_perception.ros.messages import OUTPUT_FORMATS, NodeConfigError
 from tl_perception.ros.qos import QOS_MODES
 
-BACKEND_CHOICES: tuple[str, ...] = ("auto", "litert", "keras")
+#: The inference backends, defined once in `tl_perception.inference`.
+BACKEND_CHOICES: tuple[str, ...] = BACKENDS
 TRANSPORTS: tuple[str, ...] = ("raw", "compressed")
 
 
@@ -100,8 +109,15 @@ PARAMETERS: dict[str, Spec] = {
     ),
 }
 
-#: Set by the node from the loaded bundle, never by the user.
+#: Set by the node from the serving bundle, never by the user (see the module docstring).
 CLASS_NAMES = "class_names"
+SERVING_MODEL_PATH = "serving_model_path"
+NODE_OWNED: dict[str, str] = {
+    CLASS_NAMES: "Class names of the serving model bundle, list index = class index.",
+    SERVING_MODEL_PATH: "The bundle that classifies right now. It differs from model_path while "
+    "a hot reload loads, or after one failed (see /diagnostics model_reload).",
+}
+NODE_OWNED_REFUSAL = "is set by the node from the serving model bundle (read-only); set model_path"
 
 
 def descriptor(name: str, spec: Spec) -> ParameterDescriptor:
@@ -138,19 +154,27 @@ def declare_all(node: Node) -> dict[str, Any]:
     return values
 
 
-def declare_class_names(node: Node, class_names: Sequence[str]) -> None:
-    """The read-only `class_names` parameter, from the bundle (a user override is ignored)."""
-    node.declare_parameter(
-        CLASS_NAMES,
-        list(class_names),
-        ParameterDescriptor(
-            name=CLASS_NAMES,
-            type=ParameterType.PARAMETER_STRING_ARRAY,
-            description="Class names of the loaded model bundle, list index = class index.",
-            read_only=True,
-        ),
-        ignore_override=True,
-    )
+def declare_node_owned(node: Node, class_names: Sequence[str], serving_model_path: str) -> None:
+    """`class_names` and `serving_model_path`, from the serving bundle (overrides are ignored).
+
+    Declared writable so the node can update them with the public `set_parameters`; the node's
+    on-set callback refuses everyone else (rclpy's `read_only` would refuse the node too).
+    """
+    values: dict[str, tuple[Any, int]] = {
+        CLASS_NAMES: (list(class_names), ParameterType.PARAMETER_STRING_ARRAY),
+        SERVING_MODEL_PATH: (serving_model_path, ParameterType.PARAMETER_STRING),
+    }
+    for name, (value, param_type) in values.items():
+        node.declare_parameter(
+            name,
+            value,
+            ParameterDescriptor(
+                name=name,
+                type=param_type,
+                description=f"{NODE_OWNED[name]} Set by the node; writes from outside are refused.",
+            ),
+            ignore_override=True,
+        )
 
 
 def check_choice(name: str, value: Any) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
+    QoSCompatibility,
     QoSProfile,
     ReliabilityPolicy,
+    qos_check_compatible,
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
@@ -66,6 +68,20 @@ def match_publishers(offered: Sequence[Any]) -> QoSProfile | None:
         depth=INPUT_DEPTH,
         reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
         durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE,
+    )
+
+
+def count_incompatible(offered: Sequence[Any], subscription: QoSProfile) -> int:
+    """How many of the publishers' offered profiles can never deliver to `subscription`.
+
+    rclpy's own rule (`qos_check_compatible`, what DDS applies); a WARNING result ("system
+    default", cannot tell) is not counted, only a definite ERROR. Asking the graph answers "is it
+    incompatible *now*", which the incompatible-QoS event, fired once per discovery, cannot.
+    """
+    return sum(
+        1
+        for profile in offered
+        if qos_check_compatible(profile, subscription)[0] == QoSCompatibility.ERROR
     )
 
 

@@ -76,6 +76,7 @@ class StatsSnapshot:
     latency_ms_p50: float
     latency_ms_p95: float
     bad_in_period: int
+    unstamped: int = 0  # processed frames with stamp 0, left out of the latency percentiles
 
 
 class FrameStats:
@@ -89,6 +90,7 @@ class FrameStats:
         self.dropped = 0
         self.bad = 0
         self.errors = 0
+        self.unstamped = 0
         self._inference_ms: deque[float] = deque(maxlen=window)
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._last = (self._monotonic(), 0, 0, 0)
@@ -106,11 +108,19 @@ class FrameStats:
         with self._lock:
             self.errors += 1
 
-    def count_processed(self, inference_ms: float, latency_ms: float) -> None:
+    def count_processed(self, inference_ms: float, latency_ms: float | None) -> None:
+        """One classified frame; `latency_ms` None = unstamped (no capture time to measure from).
+
+        An unstamped frame (stamp 0) would add the whole epoch, ~1.7e12 ms, to the
+        stamp-to-publish window and ruin its p50/p95, so it is only counted.
+        """
         with self._lock:
             self.processed += 1
             self._inference_ms.append(inference_ms)
-            self._latency_ms.append(latency_ms)
+            if latency_ms is None:
+                self.unstamped += 1
+            else:
+                self._latency_ms.append(latency_ms)
 
     def snapshot(self) -> StatsSnapshot:
         """Counts so far and rates since the previous snapshot."""
@@ -134,4 +144,5 @@ class FrameStats:
                 latency_ms_p50=percentile(latency, 50),
                 latency_ms_p95=percentile(latency, 95),
                 bad_in_period=self.bad - bad,
+                unstamped=self.unstamped,
             )
