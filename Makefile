@@ -22,9 +22,7 @@ $(STAMP): requirements.txt setup.py $(INTERFACE_SOURCES)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import re
 import resource
 import struct
 import time
@@ -265,3 +266,12 @@ def test_image_files_declaring_huge_sizes_are_refused(tmp_path, size: tuple[int,
     path.write_bytes(_with_png_size(rgb_to_compressed(_smooth_rgb(), "png"), *size))
     with pytest.raises(ImageDecodeError, match=r"big\.png.*PNG header declares"):
         read_image_file(path)
+
+
+@pytest.mark.parametrize("encoding", ["8UC3", "16UC3", "32FC3", "32FC1", "8SC3", "64FC1"])
+def test_generic_encodings_are_bad_frames_not_cast_to_colour(encoding: str) -> None:
+    depth = int(re.match(r"\d+", encoding).group()) // 8  # type: ignore[union-attr]
+    channels = int(encoding[-1])
+    data = bytes(2 * 2 * channels * depth)
+    with pytest.raises(ImageDecodeError, match="not a colour encoding"):
+        raw_to_rgb(encoding, 2, 2, 2 * channels * depth, data)

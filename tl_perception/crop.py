@@ -181,7 +181,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value)
 
 
 def _round_half_up(value: float) -> int:
@@ -307,10 +309,11 @@ def _cut(rgb: np.ndarray, rect: tuple[int, int, int, int], policy: CropPolicy) -
     x0, y0, w, h = rect
     height, width = rgb.shape[:2]
     if x0 >= 0 and y0 >= 0 and x0 + w <= width and y0 + h <= height:
-        return rgb[y0 : y0 + h, x0 : x0 + w].copy()
+        inside: np.ndarray = rgb[y0 : y0 + h, x0 : x0 + w].copy()
+        return inside
     rows = _source_index(y0, h, height, policy.fill)
     cols = _source_index(x0, w, width, policy.fill)
-    out = rgb[rows[:, None], cols[None, :]]
+    out: np.ndarray = rgb[rows[:, None], cols[None, :]]
     if policy.fill == "constant":
         out[(rows != np.arange(y0, y0 + h))] = policy.fill_value
         out[:, (cols != np.arange(x0, x0 + w))] = policy.fill_value

@@ -10,6 +10,7 @@ Messages are duck-typed: rclpy messages and rosbags dataclasses both work.
 from __future__ import annotations
 
 import operator
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ ENCODABLE: tuple[str, ...] = tuple(
     e for e in RAW_ENCODINGS if not e.endswith("16") or e == "mono16"
 )
 COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
+_GENERIC_ENCODING = re.compile(r"(8|16|32|64)(U|S|F)C[0-9]+")
 #: Largest frame decoded (32 Mi pixels: 8K UHD fits). Checked against the declared size before
 #: anything is allocated, so a 60000x60000 JPEG header costs nothing (OpenCV's own limit is
 #: 1 Gi pixels, i.e. 3 GiB of RGB).
@@ -127,6 +129,10 @@ def raw_to_rgb(
         raise ImageDecodeError(f"encoding must be a string, got {type(encoding).__name__}")
     if not encoding:
         raise ImageDecodeError("empty encoding: the frame does not say how its bytes are laid out")
+    if _GENERIC_ENCODING.fullmatch(encoding):
+        # 8UC3, 32FC1, ...: channels without a colour meaning (cv_bridge refuses them as rgb8);
+        # casting a 32FC3 of 0.5 to uint8 would classify a black frame.
+        raise ImageDecodeError(f"{encoding} is not a colour encoding (depth or generic data)")
     try:
         depth, _fmt, typestr, nchan = to_cvtype(encoding)
     except Exception as err:  # rosbags-image: ImageFormatError, or worse on odd strings
@@ -389,7 +395,8 @@ def _rgb_to_yuv422(rgb: np.ndarray, uyvy: bool) -> np.ndarray:
     y0, y1 = y[:, 0::2], y[:, 1::2]
     quads = (u, y0, v, y1) if uyvy else (y0, u, y1, v)
     packed = np.stack(quads, axis=-1).reshape(rgb.shape[0], rgb.shape[1] * 2)
-    return np.clip(np.rint(packed), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(packed), 0, 255).astype(np.uint8)
+    return out
 
 
 def read_image_file(path: str | Path) -> np.ndarray:

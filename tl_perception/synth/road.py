@@ -410,7 +410,7 @@ def _draw_sprite(
     cx, cy = track.centre(index, vp)
     # canvas pixel -> patch pixel: scale to `side`, rotate about the centre, place at (cx, cy).
     matrix = cv2.getRotationMatrix2D((n / 2, n / 2), -track.rotation_deg, side / n)
-    matrix[:, 2] += (cx - px0 - n / 2, cy - py0 - n / 2)
+    matrix[:, 2] += np.array([cx - px0 - n / 2, cy - py0 - n / 2])
     size = (px1 - px0, py1 - py0)
     obj = cv2.warpAffine(rgb, matrix, size, flags=cv2.INTER_LINEAR)
     mask = cv2.warpAffine(alpha, matrix, size, flags=cv2.INTER_LINEAR)
@@ -432,4 +432,5 @@ def _finish(frame: np.ndarray, light: _Light, rng: np.random.Generator) -> np.nd
     out = np.power(np.clip(frame, 0, 255) / 255.0, light.gamma) * 255.0
     out = out * light.gain * light.cast
     out = out + rng.standard_normal(size=out.shape, dtype=np.float32) * light.noise_sigma
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    finished: np.ndarray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return finished

@@ -86,10 +86,12 @@ def render_frame(look: Look, progress: float, rng: np.random.Generator) -> np.nd
     frame = np.power(np.clip(frame, 0, 255) / 255.0, look.gamma) * 255.0
     frame = frame * look.gain * look.cast
     frame = frame + rng.normal(0.0, look.noise_sigma, size=frame.shape)
-    return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    return out
 
 
 def _composite(frame: np.ndarray, look: Look, progress: float) -> np.ndarray:
+    assert look.template is not None and look.alpha is not None  # render_frame checked
     height, width = frame.shape[:2]
     ease = progress * progress * (3 - 2 * progress)
     lo, hi = look.size_range
@@ -134,7 +136,8 @@ def _composite(frame: np.ndarray, look: Look, progress: float) -> np.ndarray:
         obj = cv2.GaussianBlur(obj, (0, 0), look.blur_sigma)
         alpha = cv2.GaussianBlur(alpha, (0, 0), look.blur_sigma)
     alpha = alpha[..., None]
-    return frame * (1.0 - alpha) + obj.astype(np.float32) * alpha
+    blended: np.ndarray = frame * (1.0 - alpha) + obj.astype(np.float32) * alpha
+    return blended
 
 
 def zoom_about(image: np.ndarray, centre: tuple[float, float], factor: float) -> np.ndarray:

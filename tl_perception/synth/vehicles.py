@@ -39,7 +39,9 @@ def draw_vehicle_object(name: str, size: int, rng: np.random.Generator) -> Canva
     return rgb, alpha
 
 
-def _rect(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple) -> None:
+def _rect(
+    img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple[int, ...]
+) -> None:
     cv2.rectangle(img, (int(x0), int(y0)), (int(x1), int(y1)), color, -1, cv2.LINE_AA)
 
 
