@@ -200,3 +200,43 @@ def test_training_curves_join_fine_tune_phases_and_write_a_png(tmp_path: Path) -
     assert "val_loss" not in joined  # absent in every phase
     path = plot_training_curves(history, tmp_path / "curves.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_evaluate_reports_ece_reliability_and_accuracy_against_coverage(
+    color_bundle: Path, mislabelled_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tl_perception.bundle import update_meta
+
+    bundle = shutil.copytree(color_bundle, tmp_path / "bundle")
+    recorded = {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.04, "bins": 15, "n": 30}
+    update_meta(bundle, calibration=recorded, unknown_threshold={"value": 0.9, "split": "val"})
+    out = tmp_path / "report"
+    m = evaluate(bundle, mislabelled_tree, out_dir=out)
+    cal = m["calibration"]
+    # the ECE of the scores the bundle gave these 12 images, from its own reliability bins
+    assert cal["bins"] == 15 and sum(b["count"] for b in cal["reliability"]) == 12
+    assert cal["ece"] == pytest.approx(
+        sum(
+            b["count"] / 12 * abs(b["accuracy"] - b["confidence"])
+            for b in cal["reliability"]
+            if b["count"]
+        )
+    )
+    assert (cal["temperature"], cal["recorded"]) == (1.5, recorded)
+    assert cal["recorded_unknown_threshold"]["value"] == 0.9
+    full = cal["coverage"][0]
+    assert (full["coverage"], full["answered"], full["accuracy"]) == (1.0, 12, m["accuracy"])
+    at = cal["unknown_threshold"]
+    assert at["threshold"] == 0.9 and 0 <= at["answered"] <= 12
+    with (out / "accuracy_coverage.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["rule"] == "coverage" and float(rows[0]["coverage"]) == 1.0
+    assert rows[-1]["rule"] == "unknown_threshold" and int(rows[-1]["answered"]) == at["answered"]
+    for name in ("reliability_diagram.png", "accuracy_coverage.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert main(["evaluate", str(bundle), str(mislabelled_tree)]) == 0
+    printed = capsys.readouterr().out
+    assert f"ECE {cal['ece']:.4f} (15 bins); recorded on val: T=1.500, ECE 0.2000 -> 0.0400" in (
+        printed
+    )
+    assert "unknown_threshold 0.9000: answers" in printed

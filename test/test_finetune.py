@@ -341,11 +341,14 @@ def test_cli_finetune_writes_a_bundle(color_dataset: Path, tmp_path: Path) -> No
         [
             "finetune", str(color_dataset), "--out", str(tmp_path / "b"), "--weights", "none",
             "--input-size", "32", "--strategy", "feature_extraction", "--epochs", "1",
-            "--cache-dir", str(tmp_path / "cache"), "--no-export",
+            "--cache-dir", str(tmp_path / "cache"), "--no-export", "--no-calibrate",
         ]
     )  # fmt: skip
     assert code == 0
-    assert read_bundle(tmp_path / "b").meta["config"]["epochs"] == 1
+    meta = read_bundle(tmp_path / "b").meta
+    assert meta["config"]["epochs"] == 1
+    assert (meta["config"]["calibrate"], meta["calibration"]["fitted"]) == (False, False)
+    assert meta["calibration"]["temperature"] == 1.0
 
 
 def test_cli_reports_bad_input_size_in_one_line(
@@ -385,3 +388,86 @@ def test_vehicles_feature_extraction_reaches_093_on_test(shared_dir: Path, tmp_p
     labels = np.array([classifier.class_names.index(s.class_name) for s in test])
     accuracy = float(np.mean(probs.argmax(axis=1) == labels))
     assert accuracy >= 0.93, accuracy
+
+
+def make_confusable_dataset(root: Path, per_class: int = 40) -> Path:
+    """Colour classes where every third image is noise: val has mistakes to calibrate on."""
+    from helpers import color_image
+
+    rng = np.random.default_rng(7)
+    for name in ("red", "green", "blue"):
+        for i in range(per_class):
+            rgb = color_image(name, (32, 32), seed=i)
+            if i % 3 == 0:
+                rgb = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+            write_png(root / name / f"{i:03d}.png", rgb)
+    return root
+
+
+def test_finetune_folds_a_val_temperature_into_the_model_and_records_it(tmp_path: Path) -> None:
+    from tl_perception.inference import Classifier
+    from tl_perception.train.calibration import expected_calibration_error
+    from tl_perception.train.data import load_training_data
+
+    root = make_confusable_dataset(tmp_path / "data")
+    logs: list[str] = []
+    result = finetune(root, tmp_path / "b", tiny(tmp_path, epochs=8), log=logs.append, verbose=0)
+    bundle = read_bundle(result.bundle_path)
+    record = bundle.meta["calibration"]
+    assert record["fitted"] is True and (record["bins"], record["split"]) == (15, "val")
+    assert record == result.calibration
+    assert bundle.temperature == record["temperature"] > 0
+    assert record["nll_after"] <= record["nll_before"]
+    assert any(line.startswith("calibration: T=") for line in logs)
+    # the model's own scores are the calibrated ones: their val ECE is the one recorded
+    data = load_training_data(root, 32, 0.2, 0, log=lambda _: None)
+    assert record["n"] == len(data.val) >= 20
+    probs = Classifier(bundle.path, backend="keras").predict_proba(list(data.val.images))
+    assert expected_calibration_error(probs, data.val.labels) == pytest.approx(
+        record["ece_after"], abs=1e-3
+    )
+    assert float(np.mean(probs.argmax(axis=1) == data.val.labels)) == result.val_accuracy
+    threshold = bundle.meta["unknown_threshold"]
+    assert (threshold["split"], threshold["target_precision"]) == ("val", 0.95)
+    assert bundle.unknown_threshold == threshold["value"]
+    if threshold["value"] is not None:  # the rule, checked against the model's own scores
+        answered = probs.max(axis=1) >= threshold["value"] - 1e-6  # float32 scores
+        right = probs.argmax(axis=1) == data.val.labels
+        assert float(np.mean(right[answered])) >= 0.95
+
+
+def test_finetune_copies_the_dataset_crop_policy_into_the_bundle(tmp_path: Path) -> None:
+    from tl_perception.crop import CropPolicy
+
+    root = make_color_dataset(tmp_path / "data", per_class=6)
+    policy = CropPolicy(context=0.2, square=True, fill="reflect", fill_value=0, min_box=8.0)
+    summary = {"format": "tl_perception.dataset", "version": 2, "status": "complete"}
+    (root / "dataset.json").write_text(json.dumps({**summary, "crop_policy": policy.to_dict()}))
+    result = finetune(root, tmp_path / "b", tiny(tmp_path, epochs=1), log=print, verbose=0)
+    bundle = read_bundle(result.bundle_path)
+    assert bundle.crop_policy == policy
+    assert bundle.meta["crop"] == policy.to_dict()
+    # no policy in the dataset: the bundle classifies whole frames
+    (root / "dataset.json").write_text(json.dumps(summary))
+    plain = finetune(root, tmp_path / "c", tiny(tmp_path, epochs=1), log=print, verbose=0)
+    assert "crop" not in read_bundle(plain.bundle_path).meta
+    assert read_bundle(plain.bundle_path).crop_policy is None
+
+
+def test_a_damaged_dataset_crop_policy_stops_before_any_image_is_read(tmp_path: Path) -> None:
+    root = make_color_dataset(tmp_path / "data", per_class=3)
+    for image in root.rglob("*.png"):  # decoding first would fail with "no readable images"
+        image.write_bytes(b"junk")
+    summary = {"format": "tl_perception.dataset", "version": 2, "status": "complete"}
+    (root / "dataset.json").write_text(json.dumps({**summary, "crop_policy": {"version": 1}}))
+    with pytest.raises(DatasetError, match=r"dataset\.json: crop_policy: missing 'context'"):
+        finetune(root, tmp_path / "b", tiny(tmp_path), log=print)
+    assert not (tmp_path / "b").exists()
+
+
+def test_calibration_options_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="calibrate must be true or false"):
+        load_config(None, calibrate="yes")
+    with pytest.raises(TrainingError, match=r"unknown_precision must be a number in \(0, 1\]"):
+        load_config(None, unknown_precision=1.5)
+    assert load_config(None).calibrate is True

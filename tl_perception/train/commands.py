@@ -58,6 +58,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default XDG cache)")
     p.add_argument("--size-threshold", type=int, help="auto: images/class for 'large'")
     p.add_argument("--no-export", dest="export_tflite", action="store_false", default=None)
+    p.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        default=None,
+        help="do not fit a temperature on the val split (scores stay as trained)",
+    )
     p.set_defaults(func=run_finetune)
     eval_commands.register(subparsers)
 

@@ -7,6 +7,7 @@ config is saved in the bundle (`bundle.json` "config" and `report/config.yaml`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,10 @@ class FinetuneConfig:
     transfer_threshold: float = 0.2  # probe skill below which pretrained features do not help
     solved_threshold: float = 0.97  # probe accuracy at which even large data needs no fine-tune
     probe_max_per_class: int = 100
+    # fit a temperature on the val split and fold it into the final layer (docs/training.md)
+    calibrate: bool = True
+    # precision the answered val images must reach for the recorded unknown_threshold
+    unknown_precision: float = 0.95
     evaluate: bool = True  # write the val-split evaluation report into the bundle's report/
     export_tflite: bool = True  # add model.tflite (float) with its Keras agreement
 
@@ -80,6 +85,15 @@ class FinetuneConfig:
         if self.cache_augmentations < 0:
             raise TrainingError(
                 f"cache_augmentations must be >= 0, got {self.cache_augmentations!r}"
+            )
+        if not isinstance(self.calibrate, bool):
+            raise TrainingError(f"calibrate must be true or false, got {self.calibrate!r}")
+        precision: Any = self.unknown_precision  # from YAML: anything
+        if isinstance(precision, bool) or not isinstance(precision, int | float):
+            precision = math.nan
+        if not 0.0 < precision <= 1.0:
+            raise TrainingError(
+                f"unknown_precision must be a number in (0, 1], got {self.unknown_precision!r}"
             )
         if self.size_threshold < 1:
             raise TrainingError(f"size_threshold must be >= 1, got {self.size_threshold!r}")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_perception.dataset import Sample, read_dataset
+from tl_perception.crop import CropPolicy
+from tl_perception.dataset import Sample, read_crop_policy, read_dataset
 from tl_perception.errors import DatasetError, ImageDecodeError
 from tl_perception.images import read_image_file, resize_rgb
 
@@ -63,6 +64,7 @@ class TrainingData:
     val: Split
     val_source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    crop: CropPolicy | None = None  # the dataset's crop policy (ROI crops), None: whole frames
 
     def images_per_class(self) -> float:
         return len(self.train) / len(self.class_names)
@@ -143,6 +145,8 @@ def load_training_data(
             training file name that `group_regex` does not match.
     """
     index = read_dataset(dataset_path)
+    # the bundle must crop as the dataset did: a damaged policy fails here, before any decoding
+    crop = read_crop_policy(index.root)
     if index.splits():
         pool = list(index.split("train"))
         given_val = list(index.split("val"))
@@ -186,7 +190,7 @@ def load_training_data(
         log(f"skipped {len(skipped)} unreadable file(s):")
         for path, reason in skipped:
             log(f"  {path}: {reason}")
-    return TrainingData(class_names, train, val, source, skipped)
+    return TrainingData(class_names, train, val, source, skipped, crop)
 
 
 def _grouping(pool: Sequence[Sample], group_regex: str | None) -> str:

@@ -1,4 +1,5 @@
-"""Evaluate a model bundle on labelled images: metrics in JSON, confusion matrix, worst mistakes.
+"""Evaluate a model bundle on labelled images: metrics in JSON, confusion matrix, worst mistakes,
+and whether its scores are probabilities (ECE, reliability diagram, accuracy against coverage).
 
 Metrics are plain numpy (no scikit-learn dependency for six formulas). Dataset classes are matched
 to the bundle's by name, so a dataset whose folders are a subset of the bundle's classes, in any
@@ -24,11 +25,15 @@ from tl_perception.dataset import Sample, read_dataset
 from tl_perception.errors import DatasetError, ImageDecodeError
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
 from tl_perception.images import read_image_file
+from tl_perception.train.calibration import calibration_report
 
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_CSV = "confusion_matrix.csv"
 CONFUSION_PNG = "confusion_matrix.png"
 MISTAKES_PNG = "worst_mistakes.png"
+RELIABILITY_PNG = "reliability_diagram.png"
+COVERAGE_PNG = "accuracy_coverage.png"
+COVERAGE_CSV = "accuracy_coverage.csv"
 #: How many of the most confident mistakes the JSON lists (the PNG shows up to 25 of them).
 MAX_MISTAKES = 50
 BATCH_SIZE = 64
@@ -39,14 +44,17 @@ def compute_metrics(
     probs: np.ndarray,
     class_names: Sequence[str],
     paths: Sequence[str | Path] | None = None,
+    unknown_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and worst mistakes.
+    """Accuracy, top-5, per-class precision/recall/F1, confusion matrix, worst mistakes, and
+    calibration (ECE, reliability bins, accuracy of the answered fraction against coverage).
 
     Args:
         y_true: (N,) true class indices into `class_names`.
         probs: (N, C) class scores, C == len(class_names).
         class_names: names of the C columns of `probs`.
         paths: optional image path per row, reported with each mistake.
+        unknown_threshold: the bundle's threshold; adds the coverage and accuracy it gives here.
     """
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
@@ -108,6 +116,7 @@ def compute_metrics(
         "class_names": list(class_names),
         "confusion_matrix": confusion.tolist(),
         "worst_mistakes": mistakes,
+        "calibration": calibration_report(y_true, probs, unknown_threshold),
     }
 
 
@@ -167,7 +176,14 @@ def evaluate_samples(
         raise DatasetError(
             f"none of the {len(pairs)} images could be read (e.g. {skipped[0]['error']})"
         )
-    metrics = compute_metrics(np.array(y_true), np.concatenate(probs), bundle.class_names, paths)
+    metrics = compute_metrics(
+        np.array(y_true), np.concatenate(probs), bundle.class_names, paths, bundle.unknown_threshold
+    )
+    metrics["calibration"].update(
+        temperature=bundle.temperature,
+        recorded=bundle.meta.get("calibration"),
+        recorded_unknown_threshold=bundle.meta.get("unknown_threshold"),
+    )
     metrics.update(
         bundle=str(bundle.path),
         backend=classifier.backend,
@@ -220,14 +236,25 @@ def evaluate(
 
 
 def write_report(metrics: dict[str, Any], out_dir: str | Path) -> Path:
-    """evaluation.json, confusion_matrix.csv/.png and worst_mistakes.png in `out_dir`."""
-    from tl_perception.train.report import plot_confusion_matrix, plot_worst_mistakes
+    """evaluation.json, confusion_matrix.csv/.png, worst_mistakes.png, reliability_diagram.png,
+    accuracy_coverage.csv/.png in `out_dir`."""
+    from tl_perception.train.report import (
+        plot_accuracy_coverage,
+        plot_confusion_matrix,
+        plot_reliability_diagram,
+        plot_worst_mistakes,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFUSION_CSV, confusion_csv(metrics))
     plot_confusion_matrix(metrics["confusion_matrix"], metrics["class_names"], out / CONFUSION_PNG)
     plot_worst_mistakes(metrics["worst_mistakes"], out / MISTAKES_PNG)
+    calibration = metrics.get("calibration")
+    if calibration is not None:
+        atomic_write_text(out / COVERAGE_CSV, coverage_csv(calibration))
+        plot_reliability_diagram(calibration, out / RELIABILITY_PNG)
+        plot_accuracy_coverage(calibration, out / COVERAGE_PNG)
     atomic_write_json(out / EVALUATION_FILE, metrics)
     return out
 
@@ -243,6 +270,49 @@ def confusion_csv(metrics: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def coverage_csv(calibration: dict[str, Any]) -> str:
+    """Accuracy of the answered fraction at a few coverages, and at the bundle's threshold."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["rule", "threshold", "coverage", "accuracy", "answered"])
+    rows = [("coverage", p) for p in calibration["coverage"]]
+    if calibration.get("unknown_threshold") is not None:
+        rows.append(("unknown_threshold", calibration["unknown_threshold"]))
+    for rule, point in rows:
+        writer.writerow(
+            [
+                rule,
+                f"{point['threshold']:.6f}",
+                f"{point['coverage']:.4f}",
+                f"{point['accuracy']:.4f}",
+                point["answered"],
+            ]
+        )
+    return buf.getvalue()
+
+
+def calibration_summary(metrics: dict[str, Any]) -> list[str]:
+    """Lines for the CLI: ECE here and as recorded on val, the unknown threshold's effect."""
+    calibration = metrics.get("calibration") or {}
+    if calibration.get("ece") is None:
+        return []
+    line = f"ECE {calibration['ece']:.4f} ({calibration['bins']} bins)"
+    recorded = calibration.get("recorded") or {}
+    if recorded.get("ece_after") is not None:
+        line += (
+            f"; recorded on val: T={recorded['temperature']:.3f}, ECE "
+            f"{recorded['ece_before']:.4f} -> {recorded['ece_after']:.4f}"
+        )
+    lines = [line]
+    point = calibration.get("unknown_threshold")
+    if point is not None:
+        lines.append(
+            f"unknown_threshold {point['threshold']:.4f}: answers {point['coverage']:.1%} of "
+            f"images, {point['accuracy']:.4f} of them right"
+        )
+    return lines
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """A compact text summary: headline numbers, then one line per class."""
     width = max(12, *(len(n) for n in metrics["class_names"]))
@@ -250,6 +320,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         f"accuracy {metrics['accuracy']:.4f}  top-{metrics['top_k']} "
         f"{metrics['top5_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
         f"images {metrics['num_images']}  skipped {len(metrics.get('skipped', ()))}",
+        *calibration_summary(metrics),
         f"{'class':<{width}}  precision  recall      f1  support",
     ]
     for name, row in metrics["per_class"].items():

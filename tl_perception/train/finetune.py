@@ -1,9 +1,11 @@
 """`finetune(dataset, out_bundle, config)`: dataset in, model bundle out.
 
 Steps: load and split the data; pick the strategy (`auto` measures, see `auto.py`); train its
-phases (frozen phases on cached bottleneck features, unfrozen phases end to end); write the
-bundle atomically with the decision, config, history and metrics in bundle.json and TensorBoard
-logs in report/; then evaluate on the val split and export TFLite.
+phases (frozen phases on cached bottleneck features, unfrozen phases end to end); fit a
+temperature on the val split and fold it into the final layer, and pick the unknown threshold
+(`calibration.py`); write the bundle atomically with the decision, config, history, metrics,
+calibration and the dataset's crop policy in bundle.json and TensorBoard logs in report/; then
+evaluate on the val split and export TFLite (from the calibrated model).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tl_perception import backbones
 from tl_perception.bundle import REPORT_DIR, bundle_meta, write_bundle
 from tl_perception.errors import TlPerceptionError, TrainingError
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
-from tl_perception.train import auto
+from tl_perception.train import auto, calibration
 from tl_perception.train.config import FinetuneConfig
 from tl_perception.train.data import TrainingData, load_training_data
 from tl_perception.train.evaluate import evaluate_samples
@@ -32,7 +34,7 @@ from tl_perception.train.export import export_tflite
 from tl_perception.train.phases import train_phases
 from tl_perception.train.report import plot_training_curves
 from tl_perception.train.run import TrainingRun
-from tl_perception.train.strategies import Network, build_network, probe_extractor
+from tl_perception.train.strategies import Network, build_network, head_logits, probe_extractor
 from tl_perception.train.trainer import Checkpoints, Recorder
 
 Log = Callable[[str], None]
@@ -52,6 +54,17 @@ class FinetuneResult:
     phases: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    unknown_threshold: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ValCalibration:
+    """What the val split said after training: accuracy, the temperature record, the threshold."""
+
+    accuracy: float | None
+    calibration: dict[str, Any] | None
+    unknown_threshold: dict[str, Any] | None
 
 
 def finetune(
@@ -96,17 +109,20 @@ def finetune(
             backbone, len(run.data.class_names), decision["strategy"], base=base
         )
         history, phases = train_phases(network, run, recorder)
+        val = calibrate_network(network, run)
     result = FinetuneResult(
         bundle_path=out,
         strategy=network.strategy,
         decision=decision,
-        val_accuracy=_val_accuracy(network.model, run.data, cfg.batch_size),
+        val_accuracy=val.accuracy,
         train_seconds=time.monotonic() - start,
         trainable_params=max((p["trainable_params"] for p in phases), default=0),
         history=history,
         phases=phases,
         cache=run.stats.as_dict(),
         skipped=list(run.data.skipped),
+        calibration=val.calibration,
+        unknown_threshold=val.unknown_threshold,
     )
     if result.val_accuracy is not None:
         log(f"val accuracy {result.val_accuracy:.4f} after {result.train_seconds:.0f} s")
@@ -172,7 +188,7 @@ def _open_checkpoints(out: Path, cfg: FinetuneConfig, log: Log) -> Checkpoints:
     """
     partial = out.with_name(out.name + ".partial")
     checkpoints = Checkpoints.open(partial) if cfg.resume else Checkpoints(partial)
-    loose = {"resume", "epochs", "head_epochs", "patience"}
+    loose = {"resume", "epochs", "head_epochs", "patience", "calibrate", "unknown_precision"}
     wanted = {k: v for k, v in cfg.to_dict().items() if k not in loose}
     saved: dict[str, Any] | None = checkpoints.state.get("config")
     if cfg.resume and saved is None:
@@ -237,11 +253,45 @@ def _auto_decision(run: TrainingRun, base: Any) -> dict[str, Any]:
     return auto.decide(run.data.images_per_class(), probe_final, probe_cut, choice.cut_layer, cfg)
 
 
-def _val_accuracy(model: Any, data: TrainingData, batch_size: int) -> float | None:
-    if not len(data.val):
-        return None
-    probs = model.predict(data.val.images, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(probs, axis=1) == data.val.labels))
+def calibrate_network(network: Network, run: TrainingRun) -> ValCalibration:
+    """Fit T on the val split, fold it into the head, and choose the unknown threshold there.
+
+    The val split is the honest one `load_training_data` made (whole sequences, or the
+    dataset's own val split). T divides the logits, so accuracy is the same before and after;
+    the threshold is chosen on the scores the saved model will give (after T).
+    """
+    cfg, val = run.cfg, run.data.val
+    if not len(val):
+        run.log("no val split: scores not calibrated, no unknown_threshold recorded")
+        return ValCalibration(None, None, None)
+    logits = head_logits(network, val.images, cfg.batch_size)
+    record = calibration.calibrate(logits, val.labels, fit=cfg.calibrate)
+    if record.fitted:
+        calibration.bake_temperature(network.predictions, record.temperature)
+    probs = calibration.softmax(logits / record.temperature)
+    correct = probs.argmax(axis=1) == val.labels
+    threshold = calibration.unknown_threshold(probs.max(axis=1), correct, cfg.unknown_precision)
+    run.log(_calibration_line(record, threshold))
+    return ValCalibration(float(np.mean(correct)), record.to_dict(), threshold.to_dict())
+
+
+def _calibration_line(
+    record: calibration.Calibration, threshold: calibration.ThresholdChoice
+) -> str:
+    """One log line: T and val ECE before/after, and the unknown threshold with its coverage."""
+    if record.fitted:
+        head = (
+            f"calibration: T={record.temperature:.3f}, val ECE {record.ece_before:.4f} -> "
+            f"{record.ece_after:.4f} ({record.n} images)"
+        )
+    else:
+        head = f"calibration: not fitted ({record.reason}), val ECE {record.ece_before:.4f}"
+    if threshold.value is None:
+        return f"{head}; no unknown_threshold ({threshold.reason})"
+    return (
+        f"{head}; unknown_threshold {threshold.value:.4f}: {threshold.precision:.3f} precision "
+        f"at {threshold.coverage:.1%} coverage"
+    )
 
 
 def _fingerprint(data: TrainingData) -> str:
@@ -278,6 +328,9 @@ def _bundle_meta(
             "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
         },
         metrics={"val_accuracy": result.val_accuracy},
+        calibration=result.calibration,
+        unknown_threshold=result.unknown_threshold,
+        **({"crop": data.crop.to_dict()} if data.crop is not None else {}),
         phases=result.phases,
         feature_cache=result.cache,
         train_seconds=round(result.train_seconds, 2),

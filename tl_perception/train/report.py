@@ -174,3 +174,92 @@ def plot_worst_mistakes(
 
 def _short(name: str, limit: int = 22) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def plot_reliability_diagram(
+    calibration: Mapping[str, Any], path: str | Path, title: str = "Reliability diagram"
+) -> Path:
+    """Accuracy against mean confidence per bin (bars), the diagonal, and images per bin.
+
+    `calibration` is `evaluate`'s `calibration` record (`reliability` bins and `ece`). Bars
+    below the diagonal are over-confident bins, above it under-confident ones.
+    """
+    plt = _pyplot()
+    bins = list(calibration.get("reliability") or ())
+    fig, (ax, counts_ax) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = (bins[0]["upper"] - bins[0]["lower"]) if bins else 1.0
+    filled = [b for b in bins if b["count"]]
+    lefts = [b["lower"] for b in filled]
+    ax.bar(
+        lefts,
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy",
+    )
+    ax.bar(
+        lefts,
+        [b["confidence"] - b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        bottom=[b["accuracy"] for b in filled],
+        facecolor="none",
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, loc="upper left")
+    ece = calibration.get("ece")
+    ax.set_title(title if ece is None else f"{title} (ECE {ece:.4f})")
+    counts_ax.bar(
+        [b["lower"] for b in bins],
+        [b["count"] for b in bins],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        color="grey",
+    )
+    counts_ax.set_xlabel("confidence (best score)")
+    counts_ax.set_ylabel("images")
+    return _save(fig, path)
+
+
+def plot_accuracy_coverage(
+    calibration: Mapping[str, Any],
+    path: str | Path,
+    title: str = "Accuracy of the answered fraction",
+) -> Path:
+    """Answer only the most confident images: accuracy of those against the share answered.
+
+    Marks the bundle's unknown threshold (when `calibration` has one) and the 95 % line.
+    """
+    plt = _pyplot()
+    curve = np.asarray(calibration.get("curve") or [[1.0, 0.0]], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(curve[:, 0], curve[:, 1], "-", color="tab:blue", label="answered images")
+    ax.axhline(0.95, color="grey", linestyle=":", linewidth=1, label="95 % precision")
+    point = calibration.get("unknown_threshold")
+    if point is not None:
+        ax.plot(
+            [point["coverage"]],
+            [point["accuracy"]],
+            "o",
+            color="tab:red",
+            label=f"unknown_threshold {point['threshold']:.3f}",
+        )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(max(0.0, float(curve[:, 1].min()) - 0.05), 1.01)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy of the answered images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title)
+    return _save(fig, path)

@@ -21,6 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tl_perception.backbones import (
     BackboneChoice,
     WeightsChoice,
@@ -37,6 +39,8 @@ PHASES: dict[str, tuple[str, ...]] = {
     "from_scratch": ("all",),
 }
 HEAD_DROPOUT = 0.2
+#: The final Dense (softmax) layer; calibration scales its kernel and bias by 1/T.
+HEAD_LAYER = "predictions"
 RANDOM_WEIGHTS = WeightsChoice(None, "random initialisation")
 
 
@@ -53,6 +57,11 @@ class Network:
     @property
     def phases(self) -> tuple[str, ...]:
         return PHASES[self.strategy]
+
+    @property
+    def predictions(self) -> Any:
+        """The final Dense softmax layer, shared by `model` and `head_model`."""
+        return self.head_model.get_layer(HEAD_LAYER)
 
 
 def build_network(
@@ -76,7 +85,7 @@ def build_network(
     x = base(x) if strategy == "from_scratch" else base(x, training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     dropout = keras.layers.Dropout(HEAD_DROPOUT, name="head_dropout")
-    dense = keras.layers.Dense(num_classes, activation="softmax", name="predictions")
+    dense = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYER)
     model = keras.Model(inputs, dense(dropout(pooled)), name=f"{backbone.name}_{strategy}")
     extractor = keras.Model(inputs, {"features": pooled}, name="extractor")
     feature_in = keras.Input((pooled.shape[-1],), name="features")
@@ -90,6 +99,19 @@ def build_network(
         feature_layer=base.layers[-1].name,
         base_fingerprint=fingerprint,
     )
+
+
+def head_logits(network: Network, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The final layer's pre-softmax outputs (N, C) in float64, for calibration.
+
+    Pooled features from `extractor` times the head's kernel plus bias: exactly what the
+    softmax Dense sees at inference (dropout is the identity then), with no probabilities
+    rounded to 0 on the way, as log(softmax) would be for very confident images.
+    """
+    pooled = network.extractor.predict(images, batch_size=batch_size, verbose=0)["features"]
+    kernel, bias = network.predictions.get_weights()
+    logits: np.ndarray = np.asarray(pooled, np.float64) @ kernel.astype(np.float64) + bias
+    return logits
 
 
 def probe_extractor(backbone: BackboneChoice, base: Any) -> Any:
@@ -140,8 +162,6 @@ def set_phase(
 
 def trainable_counts(model: Any) -> dict[str, int]:
     """Trainable weight tensors and scalars of `model` as it stands."""
-    import numpy as np
-
     weights = model.trainable_weights
     return {
         "trainable_weights": len(weights),
