@@ -19,6 +19,7 @@ from tl_perception.errors import TlPerceptionError
 COMMAND_MODULES: tuple[str, ...] = (
     "tl_perception.bag.commands",
     "tl_perception.train.commands",
+    "tl_perception.loop.commands",
     "tl_perception.ros.commands",
     "tl_perception.synth.commands",
     "tl_perception.demo.commands",

@@ -5,10 +5,11 @@ A dataset is an image tree that `keras.utils.image_dataset_from_directory` reads
     DIR/{train,val,test}/<class_dir>/<file>.png     (extraction output, or any split tree)
     DIR/<class_dir>/<file>.png                      (a plain class-per-folder tree)
 
-Extraction adds `manifest.csv` (one row per image, columns `MANIFEST_COLUMNS`) and `dataset.json`
-(format, version, counts, sources, options); this module is the only one that reads or writes
-either. Readers never decode images here: `read_dataset` only lists files and checks the manifest
-against them, so it stays cheap on large trees; decoding (and corrupt-image handling) is the
+Extraction adds `manifest.csv` (one row per image, columns `MANIFEST_COLUMNS`; crops of boxes
+also give their box and track) and `dataset.json` (format, version, counts, sources, options, and
+the `crop_policy` crops were cut with); this module is the only one that reads or writes either.
+Readers never decode images here: `read_dataset` only lists files and checks the manifest against
+them, so it stays cheap on large trees; decoding (and corrupt-image handling) is the
 trainer's job.
 
 Labels become class directories through `safe_class_dir` / `class_dirs`: distinct labels always
@@ -22,6 +23,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -29,15 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_perception.crop import CropError, CropPolicy
 from tl_perception.errors import DatasetError, one_line
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
 
 FORMAT = "tl_perception.dataset"
-#: Version 2 names bags by content (`<stem>-<sha256 prefix>`) and maps each label to its own
-#: class directory; version 1 named bags by file stem and could merge labels.
-VERSION = 2
-#: Versions `read_dataset` reads; extraction only adds to datasets of `VERSION`.
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+#: Version 3 may hold crops of boxes: dataset.json has `crop_policy` (null for whole frames) and
+#: the manifest the box and track of each crop. Version 2 names bags by content
+#: (`<stem>-<sha256 prefix>`) and maps each label to its own class directory; version 1 named
+#: bags by file stem and could merge labels.
+VERSION = 3
+#: Versions `read_dataset` reads.
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
+#: Versions extraction adds to (and then writes as `VERSION`): a version 2 dataset is a version
+#: 3 dataset of whole frames.
+EXTENDABLE_VERSIONS: tuple[int, ...] = (2, 3)
 MANIFEST_FILE = "manifest.csv"
 SUMMARY_FILE = "dataset.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -56,7 +64,19 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "encoding",
     "sha256",
     "sequence",
+    "box_x",
+    "box_y",
+    "box_w",
+    "box_h",
+    "track",
+    "camera",
+    "predicted",
+    "score",
+    "model",
 )
+#: Columns a crop's row fills (empty for a whole frame): its box in pixels of the source frame,
+#: top-left x, y and width, height (exact float text), and its track.
+BOX_COLUMNS: tuple[str, ...] = ("box_x", "box_y", "box_w", "box_h", "track")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 #: Class directory of `--unlabeled` frames (their label is empty).
 UNLABELED_DIR = "unlabeled"
@@ -82,6 +102,8 @@ class Sample:
     split: str | None
     sequence: str | None = None
     sha256: str | None = None
+    track: str | None = None  # crops of boxes: the object's track
+    box: tuple[float, float, float, float] | None = None  # crops: x, y, w, h in the frame
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,8 @@ class DatasetIndex:
     samples: tuple[Sample, ...]
     class_names: tuple[str, ...]
     has_manifest: bool
+    #: How the images were cut from their frames (crops of boxes); None: whole frames.
+    crop_policy: CropPolicy | None = None
 
     def split(self, name: str) -> tuple[Sample, ...]:
         """Samples of split `name` (empty when the split is absent)."""
@@ -227,7 +251,30 @@ def read_summary(root: str | Path) -> dict[str, Any] | None:
             f"{str(path)!r} has {FORMAT} version {version!r}; this tl_perception reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))} (a newer tl_perception wrote it?)"
         )
+    crop_policy_of(summary, str(path))
     return summary
+
+
+def crop_policy_of(summary: Mapping[str, Any], where: str = SUMMARY_FILE) -> CropPolicy | None:
+    """The crop policy a summary records (`crop_policy`); None when it holds whole frames.
+
+    Raises:
+        DatasetError: `crop_policy` is not a valid crop object (one line naming the field).
+    """
+    data = summary.get("crop_policy")
+    if data is None:
+        return None
+    try:
+        return CropPolicy.from_dict(data, where=f"{where}: crop_policy")
+    except CropError as err:
+        raise DatasetError(str(err)) from err
+
+
+def read_crop_policy(root: str | Path) -> CropPolicy | None:
+    """The crop policy of the dataset at `root` (what `finetune` copies into bundle.json as
+    `crop`); None for whole frames, a dataset without dataset.json, or an older version."""
+    summary = read_summary(root)
+    return None if summary is None else crop_policy_of(summary, str(Path(root) / SUMMARY_FILE))
 
 
 def begin_summary(root: str | Path) -> None:
@@ -243,12 +290,17 @@ def write_dataset(
     sources: Iterable[Mapping[str, Any]],
     options: Mapping[str, Any],
     last_run: Mapping[str, Any],
+    crop_policy: Mapping[str, Any] | None = None,
 ) -> None:
     """Write `manifest.csv` and a complete `dataset.json` (counts and labels from `rows`).
 
     `sources` are `{name, path, sha256, bytes}` of every bag in the dataset; `options` are those
-    that define the content; `last_run` what this run did. Both files are replaced atomically.
+    that define the content; `last_run` what this run did; `crop_policy` the
+    `CropPolicy.to_dict()` the crops were cut with (None: whole frames). Both files are replaced
+    atomically.
     """
+    if crop_policy is not None:
+        CropPolicy.from_dict(crop_policy, where="crop_policy")  # never write one we cannot read
     root = Path(root)
     rows = list(rows)
     counts: dict[str, dict[str, int]] = {}
@@ -267,6 +319,7 @@ def write_dataset(
             "counts": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
             "class_labels": {c: sorted(v) for c, v in sorted(labels.items())},
             "sources": sorted((dict(s) for s in sources), key=lambda s: str(s["name"])),
+            "crop_policy": dict(crop_policy) if crop_policy is not None else None,
             "options": dict(options),
             "last_run": dict(last_run),
         },
@@ -331,6 +384,9 @@ def _check_row(path: Path, line: int, row: dict[str, str], seen: set[str]) -> No
     if rel in seen:
         raise DatasetError(f"{where}: {rel!r} is listed twice")
     seen.add(rel)
+    box = [row.get(c) or "" for c in BOX_COLUMNS[:4]]
+    if any(box) and _box_of(row) is None:
+        raise DatasetError(f"{where}: box {box!r} is not four finite numbers of pixels")
 
 
 def manifest_text(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -367,6 +423,7 @@ def read_dataset(root: str | Path) -> DatasetIndex:
             f"{summary.get('status')!r}); re-run the same `tl-perception extract` command"
         )
     rows = read_manifest(root)
+    policy = crop_policy_of(summary, str(root / SUMMARY_FILE)) if summary is not None else None
     if rows:
         samples = _samples_from_manifest(root, rows)
         has_manifest = True
@@ -385,7 +442,7 @@ def read_dataset(root: str | Path) -> DatasetIndex:
     order = {name: i for i, name in enumerate(SPLITS)}
     samples.sort(key=lambda s: (order.get(s.split or "", -1), s.class_name, str(s.path)))
     class_names = tuple(sorted({s.class_name for s in samples}))
-    return DatasetIndex(root, tuple(samples), class_names, has_manifest)
+    return DatasetIndex(root, tuple(samples), class_names, has_manifest, policy)
 
 
 def _scan_class_tree(directory: Path, split: str | None) -> Iterable[Sample]:
@@ -395,6 +452,15 @@ def _scan_class_tree(directory: Path, split: str | None) -> Iterable[Sample]:
         for path in sorted(class_dir.iterdir()):
             if is_image_file(path):
                 yield Sample(path=path, class_name=class_dir.name, split=split)
+
+
+def _box_of(row: Mapping[str, str]) -> tuple[float, float, float, float] | None:
+    """A crop row's box; None for a whole frame (or a box that is not four numbers)."""
+    try:
+        x, y, w, h = (float(row[c]) for c in BOX_COLUMNS[:4])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (x, y, w, h) if all(math.isfinite(v) for v in (x, y, w, h)) else None
 
 
 def _samples_from_manifest(root: Path, rows: list[dict[str, str]]) -> list[Sample]:
@@ -412,6 +478,8 @@ def _samples_from_manifest(root: Path, rows: list[dict[str, str]]) -> list[Sampl
                 split=row.get("split") or None,
                 sequence=row.get("sequence") or None,
                 sha256=row.get("sha256") or None,
+                track=row.get("track") or None,
+                box=_box_of(row),
             )
         )
     if missing:
@@ -420,3 +488,9 @@ def _samples_from_manifest(root: Path, rows: list[dict[str, str]]) -> list[Sampl
             "re-run the same `tl-perception extract` command to repair the dataset"
         )
     return samples
+
+
+#: Columns a hard frame captured by the node fills (`tl_perception.capture`; empty otherwise): the
+#: camera it came from, the class the model predicted, its best score, and the first 12 hex digits
+#: of the SHA-256 of the bundle's model.keras that made the prediction.
+CAPTURE_COLUMNS: tuple[str, ...] = ("camera", "predicted", "score", "model")
