@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_perception.cliutil import comma_list
+from tl_perception.demo.pipeline import MODES
 from tl_perception.train.config import STRATEGIES, STRATEGY_CHOICES
 
 
@@ -16,10 +17,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="synth -> extract -> finetune -> classifier_node, on synthetic drives (one command)",
-        description="Run every part of tl_perception on synthetic traffic-sign drives: write a "
-        "training and a held-out drive, extract a dataset, fine-tune (strategy auto), start "
-        "classifier_node, play the held-out drive to it and write report.md with live accuracy, "
-        "fps, drops and latency. A second run reuses finished steps.",
+        description="Run every part of tl_perception on synthetic drives: write a training and "
+        "a held-out drive, extract a dataset, fine-tune (strategy auto), start classifier_node, "
+        "play the held-out drive to it and write report.md with live accuracy, fps, drops and "
+        "latency. --mode roi (default): road scenes, one crop per detector box, the node "
+        "classifies the held-out drive's noisy detections (per-ROI accuracy by track id, false "
+        "positives rejected as background); --mode frame: whole frames of a drive past one sign "
+        "at a time. A second run reuses finished steps.",
+    )
+    demo.add_argument(
+        "--mode",
+        choices=MODES,
+        default="roi",
+        help="roi: classify a detector's boxes in road scenes (default); frame: whole frames",
     )
     demo.add_argument(
         "--workdir",
@@ -110,5 +120,5 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 def run_demo_command(args: argparse.Namespace) -> int:
     from tl_perception.demo.pipeline import run_demo
 
-    run_demo(args.workdir, rerun_live=args.rerun_live, weights=args.weights)
+    run_demo(args.workdir, mode=args.mode, rerun_live=args.rerun_live, weights=args.weights)
     return 0

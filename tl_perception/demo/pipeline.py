@@ -1,5 +1,9 @@
 """`tl-perception demo`: every part of tl_perception, end to end, on synthetic drives.
 
+`--mode roi` (the default, `demo/roi.py`) classifies the boxes of a simulated detector in
+640x480 road scenes; `--mode frame` (this module) classifies whole frames of a drive past one
+sign at a time:
+
 1. synth a training drive and a held-out drive (another seed);
 2. extract the training drive (labels from /label, split by sequence);
 3. finetune with the defaults (strategy auto, MobileNetV2 alpha 0.35 at 224 px, ImageNet weights);
@@ -16,21 +20,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tl_perception.errors import TlPerceptionError
+from tl_perception.demo.steps import (
+    NAMESPACE,
+    STATE_FILE,
+    Log,
+    State,
+    TrainStep,
+    finetune_step,
+    local_ros,
+    node_command,
+    step,
+    with_node,
+)
 from tl_perception.fsutil import atomic_write_json
 
-STATE_FILE = "demo.json"
+__all__ = ["LIVE_FILE", "MODES", "STATE_FILE", "run_demo"]
+
+MODES: tuple[str, ...] = ("roi", "frame")
 LIVE_FILE = "live.json"
-NAMESPACE = "/tl_perception_demo"
 KIND = "signs"
 SIZE = (160, 120)
 RATE_HZ = 10.0
@@ -39,67 +51,52 @@ HELDOUT_FRAMES = 400  # 40 s of driving at 10 Hz
 TRAIN_SEED, HELDOUT_SEED = 1, 2
 SPLIT = (0.7, 0.15, 0.15)
 LABEL_TOLERANCE_S = 0.5 / RATE_HZ  # a label describes one frame only; gaps stay unlabelled
-STEPS = 5
-
-Log = Callable[[str], None]
-
-
-class _State:
-    """demo.json: per step, the settings it ran with and what it produced."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.path = workdir / STATE_FILE
-        self.steps: dict[str, dict[str, Any]] = {}
-        self._began: dict[str, float] = {}
-        if self.path.is_file():
-            try:
-                self.steps = json.loads(self.path.read_text(encoding="utf-8")).get("steps", {})
-            except (OSError, ValueError, AttributeError):
-                self.steps = {}
-
-    def done(self, step: str, settings: dict[str, Any], output: Path) -> dict[str, Any] | None:
-        record = self.steps.get(step)
-        if record and record.get("settings") == settings and output.exists():
-            return record
-        return None
-
-    def begin(self, step: str) -> None:
-        self._began[step] = time.monotonic()
-
-    def finish(self, step: str, settings: dict[str, Any], **facts: Any) -> dict[str, Any]:
-        seconds = round(time.monotonic() - self._began.get(step, time.monotonic()), 1)
-        self.steps[step] = {"settings": settings, "seconds": seconds, **facts}
-        atomic_write_json(self.path, {"steps": self.steps})
-        return self.steps[step]
 
 
 def run_demo(
+    workdir: Path,
+    *,
+    mode: str = "roi",
+    rerun_live: bool = False,
+    weights: str = "imagenet",
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run (or resume) the demo of `mode` in `workdir`; returns the facts written to report.md."""
+    if mode == "roi":
+        from tl_perception.demo.roi import run_roi_demo
+
+        return run_roi_demo(Path(workdir), rerun_live=rerun_live, weights=weights, log=log)
+    if mode != "frame":
+        raise ValueError(f"demo mode {mode!r} is not one of {', '.join(MODES)}")
+    return run_frame_demo(Path(workdir), rerun_live=rerun_live, weights=weights, log=log)
+
+
+def run_frame_demo(
     workdir: Path, *, rerun_live: bool = False, weights: str = "imagenet", log: Log = print
 ) -> dict[str, Any]:
-    """Run (or resume) the demo in `workdir`; returns the facts written to report.md."""
+    """The whole-frame demo (`--mode frame`); returns the facts written to report.md."""
     started = time.monotonic()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    state = _State(workdir)
+    state = State(workdir)
     bags = {"train": workdir / "bags" / "train", "heldout": workdir / "bags" / "heldout"}
 
-    _step(1, "synthetic drives", log)
+    step(1, "synthetic drives", log)
     for name, frames, seed in (
         ("train", TRAIN_FRAMES, TRAIN_SEED),
         ("heldout", HELDOUT_FRAMES, HELDOUT_SEED),
     ):
         _synth(state, f"synth_{name}", bags[name], frames, seed, log)
 
-    _step(2, "extract the training drive", log)
+    step(2, "extract the training drive", log)
     dataset = workdir / "dataset"
     _extract(state, bags["train"], dataset, log)
 
-    _step(3, f"finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, weights {weights})", log)
+    step(3, f"finetune (strategy auto, MobileNetV2 alpha 0.35, 224 px, weights {weights})", log)
     bundle = workdir / "model"
     training = _finetune(state, dataset, bundle, workdir / "feature_cache", weights, log)
 
-    _step(4, "classifier_node on the held-out drive", log)
+    step(4, "classifier_node on the held-out drive", log)
     live_path = workdir / LIVE_FILE
     live_settings = {"finetune": training["settings"], "heldout": state.steps["synth_heldout"]}
     if live_path.is_file() and not rerun_live and state.done("live", live_settings, live_path):
@@ -111,7 +108,7 @@ def run_demo(
         atomic_write_json(live_path, live)
         state.finish("live", live_settings)
 
-    _step(5, "report", log)
+    step(5, "report", log)
     facts = _facts(workdir, bags, dataset, state, live, started)
     order = ("synth_train", "synth_heldout", "extract", "finetune", "live")
     facts["step_seconds"] = {k: state.steps[k].get("seconds") for k in order if k in state.steps}
@@ -130,29 +127,25 @@ def run_demo(
     return facts
 
 
-def _step(number: int, text: str, log: Log) -> None:
-    log(f"[{number}/{STEPS}] {text}")
-
-
-def _synth(state: _State, step: str, bag: Path, frames: int, seed: int, log: Log) -> None:
+def _synth(state: State, name: str, bag: Path, frames: int, seed: int, log: Log) -> None:
     from tl_perception.synth.writer import write_synthetic_bag
 
     settings = {"kind": KIND, "frames": frames, "seed": seed, "size": list(SIZE), "rate": RATE_HZ}
-    if state.done(step, settings, bag / "metadata.yaml"):
+    if state.done(name, settings, bag / "metadata.yaml"):
         log(f"  {bag}: done before, reused")
         return
-    state.begin(step)
+    state.begin(name)
     summary = write_synthetic_bag(
         bag, kind=KIND, frames=frames, seed=seed, size=SIZE, rate=RATE_HZ, overwrite=True
     )
-    record = state.finish(step, settings)
+    record = state.finish(name, settings)
     log(
         f"  wrote {bag}: {frames} frames, {summary.labelled_frames} labelled "
         f"({record['seconds']:.1f} s)"
     )
 
 
-def _extract(state: _State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]:
+def _extract(state: State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]:
     from tl_perception.bag.extract import ExtractOptions, extract
     from tl_perception.bag.plan import LabelSpec
     from tl_perception.synth.writer import IMAGE_TOPIC, LABEL_TOPIC
@@ -184,94 +177,34 @@ def _extract(state: _State, bag: Path, dataset: Path, log: Log) -> dict[str, Any
 
 
 def _finetune(
-    state: _State, dataset: Path, bundle: Path, cache: Path, weights: str, log: Log
+    state: State, dataset: Path, bundle: Path, cache: Path, weights: str, log: Log
 ) -> dict[str, Any]:
-    from tl_perception.bundle import read_bundle
     from tl_perception.train.config import FinetuneConfig
 
     config = FinetuneConfig(strategy="auto", weights=weights, seed=0, cache_dir=str(cache))
-    settings = {"dataset": state.steps["extract"]["settings"], "config": config.to_dict()}
-    record = state.done("finetune", settings, bundle / "bundle.json")
-    if record:
-        read_bundle(bundle)
-        log(f"  {bundle}: done before, reused (strategy {record['strategy']})")
-        return record
-    from tl_perception.train.finetune import finetune
-
-    state.begin("finetune")
-    result = finetune(dataset, bundle, config, log=lambda line: log(f"  {line}"), verbose=2)
-    meta = read_bundle(bundle).meta
-    test_accuracy = None
-    if state.steps["extract"]["counts"].get("test"):
-        from tl_perception.train.evaluate import evaluate
-
-        test_accuracy = evaluate(bundle, dataset, split="test")["accuracy"]
-    return state.finish(
-        "finetune",
-        settings,
-        strategy=result.strategy,
-        reason=result.decision.get("reason", ""),
-        val_accuracy=result.val_accuracy,
-        train_seconds=result.train_seconds,
-        trainable_params=result.trainable_params,
-        backbone=meta["backbone"],
-        alpha=meta.get("alpha"),
-        input_size=meta["input_size"][0],
-        weights=meta.get("weights", config.weights),
-        test_accuracy=test_accuracy,
-    )
-
-
-def node_command(bundle: Path, image_topic: str) -> list[str]:
-    """classifier_node as `ros2 run` would start it (the console script beside this Python)."""
-    script = Path(sys.executable).with_name("classifier_node")
-    if script.is_file():
-        base = [str(script)]
-    else:
-        base = [sys.executable, "-m", "tl_perception.ros.classifier_node"]
-    return [
-        *base,
-        "--ros-args",
-        "-r",
-        f"__ns:={NAMESPACE}",
-        "-r",
-        f"image:={image_topic}",
-        "-p",
-        f"model_path:={bundle}",
-        "-p",
-        "qos:=reliable",
-    ]
+    return finetune_step(state, TrainStep("finetune", "extract", dataset, bundle), config, log)
 
 
 def _live(bag: Path, bundle: Path, workdir: Path, log: Log) -> dict[str, Any]:
     from tl_perception.synth.writer import IMAGE_TOPIC
 
-    # Keep the demo's ROS traffic on this machine unless the user chose otherwise.
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    local_ros()
     from tl_perception.ros.collect import run_live
 
     image_topic = f"{NAMESPACE}{IMAGE_TOPIC}"
-    log_path = workdir / "logs" / "classifier_node.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = node_command(bundle, image_topic)
-    log(f"  starting {' '.join(command)} (log: {log_path})")
-    with log_path.open("wb") as node_log:
-        node = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT)
-        try:
-            result = run_live(
-                bag,
-                bag_topic=IMAGE_TOPIC,
-                image_topic=image_topic,
-                classification_topic=f"{NAMESPACE}/classification",
-                node_alive=lambda: node.poll() is None,
-                log=lambda line: log(f"  {line}"),
-            )
-        except TlPerceptionError as err:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").strip()
-            last = tail.splitlines()[-1] if tail else "(empty log)"
-            raise TlPerceptionError(f"{err} (last line: {last})") from err
-        finally:
-            _stop(node)
+    result = with_node(
+        node_command(bundle, image_topic),
+        workdir / "logs" / "classifier_node.log",
+        lambda alive: run_live(
+            bag,
+            bag_topic=IMAGE_TOPIC,
+            image_topic=image_topic,
+            classification_topic=f"{NAMESPACE}/classification",
+            node_alive=alive,
+            log=lambda line: log(f"  {line}"),
+        ),
+        log,
+    )
     log(
         f"  {len(result.records)} classifications for {result.published} images "
         f"in {result.seconds:.1f} s"
@@ -285,26 +218,11 @@ def _live(bag: Path, bundle: Path, workdir: Path, log: Log) -> dict[str, Any]:
     }
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C first (the node shuts down cleanly), then terminate, then kill."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0)):
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    process.kill()
-    process.wait()
-
-
 def _facts(
     workdir: Path,
     bags: dict[str, Path],
     dataset: Path,
-    state: _State,
+    state: State,
     live: dict[str, Any],
     started: float,
 ) -> dict[str, Any]:

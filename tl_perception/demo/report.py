@@ -60,22 +60,16 @@ def score_live(
     }
 
 
-def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
+def fmt(value: Any, digits: int = 1, unit: str = "") -> str:
     if value is None or value == "n/a":
         return "n/a"
     return f"{float(value):.{digits}f}{unit}"
 
 
-def report_markdown(facts: dict[str, Any]) -> str:
-    """report.md from the facts the pipeline gathered (see `pipeline.run_demo`)."""
-    live, diag, train = facts["live"], facts["diagnostics"], facts["training"]
-    chance = 1.0 / max(len(facts["classes"]), 1)
-    lines = [
-        "# tl_perception demo report",
-        "",
-        "Synthetic traffic-sign drives (`tl-perception synth`): a demo of the pipeline, not a "
-        "claim about real-world accuracy.",
-        "",
+def training_lines(facts: dict[str, Any]) -> list[str]:
+    """The report's "Training" section: dataset, backbone, auto's choice and why, accuracies."""
+    train = facts["training"]
+    return [
         "## Training",
         "",
         f"- Dataset: `{facts['dataset']}` ({facts['train_images']} train / "
@@ -85,8 +79,34 @@ def report_markdown(facts: dict[str, Any]) -> str:
         f"weights {train['weights']}",
         f"- Strategy chosen by `auto`: **{train['strategy']}**",
         f"- Why: {train['reason']}",
-        f"- Validation accuracy: **{_fmt(train['val_accuracy'], 3)}**; test split accuracy: "
-        f"{_fmt(facts['test_accuracy'], 3)}; training took {_fmt(train['train_seconds'], 0, ' s')}",
+        f"- Validation accuracy: **{fmt(train['val_accuracy'], 3)}**; test split accuracy: "
+        f"{fmt(facts['test_accuracy'], 3)}; training took {fmt(train['train_seconds'], 0, ' s')}",
+    ]
+
+
+def timing_line(facts: dict[str, Any]) -> str:
+    """How long this run took, and each step when it ran."""
+    return (
+        f"This run took {facts['wall_seconds']:.0f} s (finished steps are reused). "
+        "Each step's time when it ran: "
+        + ", ".join(
+            f"{step} {fmt(seconds, 0, ' s')}" for step, seconds in facts["step_seconds"].items()
+        )
+        + "."
+    )
+
+
+def report_markdown(facts: dict[str, Any]) -> str:
+    """report.md from the facts the pipeline gathered (see `pipeline.run_demo`)."""
+    live, diag = facts["live"], facts["diagnostics"]
+    chance = 1.0 / max(len(facts["classes"]), 1)
+    lines = [
+        "# tl_perception demo report",
+        "",
+        "Synthetic traffic-sign drives (`tl-perception synth`): a demo of the pipeline, not a "
+        "claim about real-world accuracy.",
+        "",
+        *training_lines(facts),
         "",
         "## Live: classifier_node on the held-out drive",
         "",
@@ -96,13 +116,11 @@ def report_markdown(facts: dict[str, Any]) -> str:
         f"(chance {chance:.3f}); {live['classified']} classifications in all",
         f"- Images published: {facts['published']}; classified: {live['classified']}; "
         f"dropped by the node: {diag.get('dropped_frames', 'n/a')}",
-        f"- Processed: **{_fmt(facts['processed_fps'])} fps** of {_fmt(facts['input_fps'])} fps "
+        f"- Processed: **{fmt(facts['processed_fps'])} fps** of {fmt(facts['input_fps'])} fps "
         "offered",
         f"- Latency, image arrival -> classification (p50 / p95): "
-        f"**{_fmt(live['latency_ms_p50'])} / {_fmt(live['latency_ms_p95'])} ms**",
-        f"- Inference latency from /diagnostics (p50 / p95): "
-        f"{diag.get('inference_latency_p50_ms', 'n/a')} / "
-        f"{diag.get('inference_latency_p95_ms', 'n/a')} ms (backend {diag.get('backend', 'n/a')})",
+        f"**{fmt(live['latency_ms_p50'])} / {fmt(live['latency_ms_p95'])} ms**",
+        inference_line(diag),
         "",
         "| class | live accuracy | frames |",
         "|---|---:|---:|",
@@ -114,15 +132,19 @@ def report_markdown(facts: dict[str, Any]) -> str:
         f"![live accuracy per class]({LIVE_ACCURACY_PNG})",
         f"![latency histogram]({LATENCY_PNG})",
         "",
-        f"This run took {facts['wall_seconds']:.0f} s (finished steps are reused). "
-        "Each step's time when it ran: "
-        + ", ".join(
-            f"{step} {_fmt(seconds, 0, ' s')}" for step, seconds in facts["step_seconds"].items()
-        )
-        + ".",
+        timing_line(facts),
         "",
     ]
     return "\n".join(lines)
+
+
+def inference_line(diag: dict[str, Any]) -> str:
+    """The node's own inference latency, from its last /diagnostics status."""
+    return (
+        f"- Inference latency from /diagnostics (p50 / p95): "
+        f"{diag.get('inference_latency_p50_ms', 'n/a')} / "
+        f"{diag.get('inference_latency_p95_ms', 'n/a')} ms (backend {diag.get('backend', 'n/a')})"
+    )
 
 
 def write_report(workdir: Path, facts: dict[str, Any]) -> Path:
@@ -146,17 +168,28 @@ def _plots(workdir: Path, live: dict[str, Any]) -> None:
     ax.tick_params(axis="x", rotation=35)
     ax.legend()
     fig.tight_layout()
-    _save(fig, workdir / LIVE_ACCURACY_PNG)
+    save_figure(fig, workdir / LIVE_ACCURACY_PNG)
+
+    plot_latency(workdir / LATENCY_PNG, live["latencies_ms"], "image arrival -> classification")
+
+
+def plot_latency(path: Path, latencies_ms: Sequence[float], what: str) -> None:
+    """A histogram of latencies in ms, `what` naming the interval measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(live["latencies_ms"] or [0.0], bins=30, color="tab:green")
-    ax.set_xlabel("image arrival -> classification (ms)")
+    ax.hist(list(latencies_ms) or [0.0], bins=30, color="tab:green")
+    ax.set_xlabel(f"{what} (ms)")
     ax.set_ylabel("frames")
     fig.tight_layout()
-    _save(fig, workdir / LATENCY_PNG)
+    save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure atomically (a reader never sees half a PNG) and close it."""
     import matplotlib.pyplot as plt
 
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -1,17 +1,24 @@
 """Record what a running `classifier_node` publishes while a bag plays to it (the demo's live run).
 
-The collector subscribes to the node's `classification` in whichever format the node publishes
-(vision_msgs/Classification or its JSON-in-String twin: the type is read from the graph once the
-node is up), to the camera topic (to time each image's arrival) and to `/diagnostics`. Latency is
-measured here as image arrival -> classification arrival on one clock, because a replayed bag
-carries its recorded header stamps, which are far in the past.
+Two kinds of run, one collector:
+
+- whole frames: the node's `classification` (vision_msgs/Classification or its JSON twin);
+- regions of interest (`roi_source:=detections`): the bag's images *and* its detector boxes are
+  played, and the node's `classified_detections` (vision_msgs/Detection2DArray or its JSON twin)
+  is recorded, one `RoiLiveRecord` per message with every detection's id and top-1 class.
+
+The result type is read from the graph once the node is up, so either output format works. The
+collector also subscribes to the played inputs (to time each arrival) and to `/diagnostics`.
+Latency is measured here, on one clock, from arrival to answer, because a replayed bag carries
+its recorded header stamps, which are far in the past. For ROIs it runs from the later of the
+image and its detections (the node cannot start before both are there).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +32,19 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from tl_perception.errors import TlPerceptionError
 from tl_perception.ros.messages import (
+    DETECTION_TYPE_NAMES,
     classification_to_dict,
     classification_type,
+    detections_to_dict,
+    detections_type,
     format_of_type,
 )
 from tl_perception.ros.play import PlayOptions, play
 
 SEC = 1_000_000_000
 CLASSIFIER_NODE_NAME = "classifier"
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -45,54 +57,119 @@ class LiveRecord:
     latency_ms: float | None  # image arrival -> classification arrival, at the collector
 
 
+@dataclass(frozen=True)
+class RoiAnswer:
+    """One detection of a `classified_detections` message: its id and the best hypothesis."""
+
+    id: str
+    top1: str
+    score: float
+
+
+@dataclass(frozen=True)
+class RoiLiveRecord:
+    """One `classified_detections` message: the image stamp it answers and its detections."""
+
+    stamp_ns: int
+    detections: tuple[RoiAnswer, ...]
+    latency_ms: float | None  # later of image and detections arrival -> answer arrival
+    image_latency_ms: float | None  # image arrival -> answer arrival
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """What to play to the node and where it answers.
+
+    `play` maps bag topics to the live topics they are published on; `image_topic` (and, for
+    ROIs, `detections_topic`) is what the node subscribes, so the collector waits for the node
+    there and times arrivals; `results_topic` is `classification` or `classified_detections`.
+    """
+
+    bag: Path
+    play: Mapping[str, str]
+    image_topic: str
+    results_topic: str
+    detections_topic: str | None = None
+    ready_timeout_s: float = 180.0
+    drain_s: float = 3.0
+
+    @property
+    def rois(self) -> bool:
+        return self.detections_topic is not None
+
+
 @dataclass
 class LiveResult:
-    records: list[LiveRecord]
-    published: int  # images play sent
+    records: list[LiveRecord]  # whole-frame classifications (empty for ROIs)
+    published: int  # messages play sent (images, and detections when played)
     images_seen: int  # images the collector received
-    seconds: float  # first to last classification
+    seconds: float  # first to last image arrival
     diagnostics: dict[str, str] = field(default_factory=dict)  # the node's last status values
+    rois: list[RoiLiveRecord] = field(default_factory=list)  # classified_detections messages
+    detections_seen: int = 0  # detection messages the collector received
 
 
 class _Collector(Node):
-    def __init__(self, image_topic: str, classification_topic: str) -> None:
+    def __init__(self, plan: LivePlan) -> None:
         super().__init__("tl_perception_collect")
         self._lock = threading.Lock()
+        self.plan = plan
         self.output_format = ""  # set by subscribe_results, from the node's publisher
-        self._classification_topic = classification_topic
         self._reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         self.image_arrival: dict[int, int] = {}
+        self.detections_arrival: dict[int, int] = {}
         self.records: list[LiveRecord] = []
+        self.rois: list[RoiLiveRecord] = []
         self.diagnostics: dict[str, str] = {}
         self.diagnostics_at = 0.0
         self.last_result_at = 0.0
-        image_type = CompressedImage if image_topic.endswith("/compressed") else Image
-        self.create_subscription(image_type, image_topic, self._on_image, self._reliable)
+        image_type = CompressedImage if plan.image_topic.endswith("/compressed") else Image
+        self._subscribe_arrivals(image_type, plan.image_topic, self.image_arrival)
+        if plan.detections_topic is not None:
+            from vision_msgs.msg import Detection2DArray
+
+            self._subscribe_arrivals(
+                Detection2DArray, plan.detections_topic, self.detections_arrival
+            )
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
-    def subscribe_results(self, type_name: str) -> None:
-        """Subscribe `classification` with the type the node publishes (either format)."""
-        self.output_format = format_of_type(type_name)
-        self.create_subscription(
-            classification_type(self.output_format),
-            self._classification_topic,
-            self._on_result,
-            self._reliable,
-        )
+    def _subscribe_arrivals(self, msg_type: type, topic: str, arrivals: dict[int, int]) -> None:
+        """Record when each stamp first arrives on `topic` (the node's input)."""
 
-    def _on_image(self, msg: Any) -> None:
-        stamp = msg.header.stamp.sec * SEC + msg.header.stamp.nanosec
-        with self._lock:
-            self.image_arrival.setdefault(stamp, time.monotonic_ns())
+        def on_message(msg: Any) -> None:
+            stamp = msg.header.stamp.sec * SEC + msg.header.stamp.nanosec
+            with self._lock:
+                arrivals.setdefault(stamp, time.monotonic_ns())
+
+        self.create_subscription(msg_type, topic, on_message, self._reliable)
+
+    def subscribe_results(self, type_name: str) -> None:
+        """Subscribe the results topic with the type the node publishes (either format)."""
+        if self.plan.rois:
+            self.output_format = detections_format_of_type(type_name)
+            msg_type = detections_type(self.output_format)
+        else:
+            self.output_format = format_of_type(type_name)
+            msg_type = classification_type(self.output_format)
+        self.create_subscription(msg_type, self.plan.results_topic, self._on_result, self._reliable)
 
     def _on_result(self, msg: Any) -> None:
         now = time.monotonic_ns()
-        stamp_ns, top1, score = parse_classification(msg)
         with self._lock:
-            arrived = self.image_arrival.get(stamp_ns)
-            latency = None if arrived is None else (now - arrived) / 1e6
-            self.records.append(LiveRecord(stamp_ns, top1, score, latency))
+            if self.plan.rois:
+                self.rois.append(self._roi_record(msg, now))
+            else:
+                stamp_ns, top1, score = parse_classification(msg)
+                latency = _since(self.image_arrival.get(stamp_ns), now)
+                self.records.append(LiveRecord(stamp_ns, top1, score, latency))
             self.last_result_at = time.monotonic()
+
+    def _roi_record(self, msg: Any, now: int) -> RoiLiveRecord:
+        stamp_ns, answers = parse_detections(msg)
+        image = self.image_arrival.get(stamp_ns)
+        boxes = self.detections_arrival.get(stamp_ns)
+        ready = None if image is None or boxes is None else max(image, boxes)
+        return RoiLiveRecord(stamp_ns, answers, _since(ready, now), _since(image, now))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -102,16 +179,51 @@ class _Collector(Node):
                     self.diagnostics = values
                     self.diagnostics_at = time.monotonic()
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self.rois) + len(self.records)
+
+
+def _since(start_ns: int | None, now_ns: int) -> float | None:
+    return None if start_ns is None else (now_ns - start_ns) / 1e6
+
+
+def detections_format_of_type(type_name: str) -> str:
+    """`vision_msgs` or `json` for a `classified_detections` type name from the graph."""
+    for output_format, name in DETECTION_TYPE_NAMES.items():
+        if type_name == name:
+            return output_format
+    raise TlPerceptionError(
+        f"{type_name!r} is not a classified_detections type "
+        f"({', '.join(DETECTION_TYPE_NAMES.values())})"
+    )
+
 
 def parse_classification(msg: Any) -> tuple[int, str, float]:
     """(image stamp ns, top-1 class, score) from vision_msgs/Classification or its JSON twin."""
     body = classification_to_dict(msg)
     stamp = body["header"]["stamp"]["sec"] * SEC + body["header"]["stamp"]["nanosec"]
-    results = body.get("results") or []
+    best = _best(body.get("results") or [])
+    return stamp, best[0], best[1]
+
+
+def parse_detections(msg: Any) -> tuple[int, tuple[RoiAnswer, ...]]:
+    """(image stamp ns, each detection's id and best hypothesis) from `classified_detections`,
+    vision_msgs/Detection2DArray or its JSON twin. A detection without results has top-1 ""."""
+    body = detections_to_dict(msg)
+    stamp = body["header"]["stamp"]["sec"] * SEC + body["header"]["stamp"]["nanosec"]
+    answers = []
+    for det in body.get("detections") or []:
+        top1, score = _best(det.get("results") or [])
+        answers.append(RoiAnswer(str(det.get("id", "")), top1, score))
+    return stamp, tuple(answers)
+
+
+def _best(results: list[dict[str, Any]]) -> tuple[str, float]:
     if not results:
-        return stamp, "", 0.0
+        return "", 0.0
     best = max(results, key=lambda h: h["score"])
-    return stamp, str(best["class_id"]), float(best["score"])
+    return str(best["class_id"]), float(best["score"])
 
 
 def run_live(
@@ -123,49 +235,50 @@ def run_live(
     node_alive: Callable[[], bool] = lambda: True,
     ready_timeout_s: float = 180.0,
     drain_s: float = 3.0,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> LiveResult:
     """Wait for the classifier, play `bag_topic` of `bag` to it on `image_topic`, collect results.
 
-    `node_alive` lets the caller abort when the node's process has exited.
+    `node_alive` lets the caller abort when the node's process has exited. The whole-frame call
+    that tests use, kept with its keywords; `collect_live` takes a `LivePlan` for any run.
     """
+    plan = LivePlan(
+        bag=bag,
+        play={bag_topic: image_topic},
+        image_topic=image_topic,
+        results_topic=classification_topic,
+        ready_timeout_s=ready_timeout_s,
+        drain_s=drain_s,
+    )
+    return collect_live(plan, node_alive=node_alive, log=log)
+
+
+def collect_live(
+    plan: LivePlan, *, node_alive: Callable[[], bool] = lambda: True, log: Log = print
+) -> LiveResult:
+    """Wait for the classifier, play the plan's topics to it, and collect what it answers."""
     own_context = not rclpy.ok()
     if own_context:
         rclpy.init()
-    collector = _Collector(image_topic, classification_topic)
+    collector = _Collector(plan)
     executor = SingleThreadedExecutor()
     executor.add_node(collector)
     spinner = threading.Thread(target=executor.spin, name="collect", daemon=True)
     spinner.start()
     try:
-        _wait_ready(collector, image_topic, classification_topic, node_alive, ready_timeout_s)
-        log(f"classifier ready on {image_topic}; playing {bag}")
+        _wait_ready(collector, node_alive)
+        log(f"classifier ready on {', '.join(_inputs(plan))}; playing {plan.bag}")
         options = PlayOptions(
-            bag=bag,
-            topics=(bag_topic,),
-            remap={bag_topic: image_topic},
+            bag=plan.bag,
+            topics=tuple(plan.play),
+            remap=dict(plan.play),
             qos="reliable",
             wait_subscribers=2,  # the classifier and this collector
             wait_timeout_s=10.0,
         )
         published = play(options)
-        last_count, quiet_since = -1, time.monotonic()
-        while time.monotonic() - quiet_since < drain_s:
-            time.sleep(0.1)
-            with collector._lock:
-                count = len(collector.records)
-            if count != last_count:
-                last_count, quiet_since = count, time.monotonic()
-        settled = time.monotonic()
-        deadline = settled + 3.0  # one more diagnostics period, so final counts are included
-        while time.monotonic() < deadline and collector.diagnostics_at < settled:
-            time.sleep(0.1)
-        with collector._lock:
-            records = sorted(collector.records, key=lambda r: r.stamp_ns)
-            arrivals = sorted(collector.image_arrival.values())
-            diagnostics = dict(collector.diagnostics)
-        seconds = (arrivals[-1] - arrivals[0]) / 1e9 if len(arrivals) > 1 else 0.0
-        return LiveResult(records, published, len(arrivals), seconds, diagnostics)
+        _drain(collector, plan.drain_s)
+        return _result(collector, published)
     finally:
         executor.shutdown(timeout_sec=1.0)
         collector.destroy_node()
@@ -173,30 +286,62 @@ def run_live(
             rclpy.try_shutdown()
 
 
-def _wait_ready(
-    collector: _Collector,
-    image_topic: str,
-    classification_topic: str,
-    node_alive: Callable[[], bool],
-    timeout_s: float,
-) -> None:
-    """The node subscribes to images only once its model is loaded: that is 'ready'.
+def _inputs(plan: LivePlan) -> list[str]:
+    return [plan.image_topic] + ([plan.detections_topic] if plan.detections_topic else [])
+
+
+def _drain(collector: _Collector, drain_s: float) -> None:
+    """Wait until no answer came for `drain_s`, then for one more diagnostics period."""
+    last_count, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < drain_s:
+        time.sleep(0.1)
+        count = collector.count()
+        if count != last_count:
+            last_count, quiet_since = count, time.monotonic()
+    settled = time.monotonic()
+    deadline = settled + 3.0  # one more diagnostics period, so final counts are included
+    while time.monotonic() < deadline and collector.diagnostics_at < settled:
+        time.sleep(0.1)
+
+
+def _result(collector: _Collector, published: int) -> LiveResult:
+    with collector._lock:
+        records = sorted(collector.records, key=lambda r: r.stamp_ns)
+        rois = sorted(collector.rois, key=lambda r: r.stamp_ns)
+        arrivals = sorted(collector.image_arrival.values())
+        diagnostics = dict(collector.diagnostics)
+        detections_seen = len(collector.detections_arrival)
+    seconds = (arrivals[-1] - arrivals[0]) / 1e9 if len(arrivals) > 1 else 0.0
+    return LiveResult(
+        records, published, len(arrivals), seconds, diagnostics, rois, detections_seen
+    )
+
+
+def _wait_ready(collector: _Collector, node_alive: Callable[[], bool]) -> None:
+    """The node subscribes to its inputs only once its model is loaded: that is 'ready'.
 
     Then the collector subscribes to its results with the type the node's publisher has.
     """
-    deadline = time.monotonic() + timeout_s
+    plan = collector.plan
+    deadline = time.monotonic() + plan.ready_timeout_s
     while time.monotonic() < deadline:
         if not node_alive():
             raise TlPerceptionError("classifier_node exited before it was ready; see its log")
-        subs = collector.get_subscriptions_info_by_topic(image_topic)
-        pubs = collector.get_publishers_info_by_topic(classification_topic)
-        if any(s.node_name == CLASSIFIER_NODE_NAME for s in subs) and pubs:
+        subscribed = all(
+            any(
+                s.node_name == CLASSIFIER_NODE_NAME
+                for s in collector.get_subscriptions_info_by_topic(t)
+            )
+            for t in _inputs(plan)
+        )
+        pubs = collector.get_publishers_info_by_topic(plan.results_topic)
+        if subscribed and pubs:
             ours = [p for p in pubs if p.node_name == CLASSIFIER_NODE_NAME] or pubs
             collector.subscribe_results(ours[0].topic_type)
             time.sleep(0.5)  # let discovery settle on both ends
             return
         time.sleep(0.2)
     raise TlPerceptionError(
-        f"classifier_node did not subscribe to {image_topic!r} within {timeout_s:.0f} s; "
-        "see its log"
+        f"classifier_node did not subscribe to {' and '.join(repr(t) for t in _inputs(plan))} "
+        f"within {plan.ready_timeout_s:.0f} s; see its log"
     )

@@ -13,9 +13,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this room's sub-commands to `tl-perception`."""
     ply = subparsers.add_parser(
         "play",
-        help="publish a bag's images and labels to ROS 2 (no rosbag2 needed)",
-        description="Publish Image, CompressedImage and std_msgs/String messages of a bag with "
-        "rclpy, keeping the recorded timing (scaled by --rate) and header stamps.",
+        help="publish a bag's images, labels and detections to ROS 2 (no rosbag2 needed)",
+        description="Publish Image, CompressedImage, std_msgs/String and (where vision_msgs "
+        "imports) vision_msgs/Detection2DArray messages of a bag with rclpy, keeping the "
+        "recorded timing (scaled by --rate) and header stamps.",
     )
     ply.add_argument("bag", type=Path, metavar="BAG")
     ply.add_argument("--topic", action="append", default=[], help="topic to play (repeatable)")
