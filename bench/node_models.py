@@ -20,12 +20,12 @@ CLASSES = tuple(f"class_{i}" for i in range(10))
 MODELS = ("mobilenet_v2_0.35", "efficientnet_b0")
 
 
-def build_model(name: str):
+def build_model(name: str, input_size: tuple[int, int] = INPUT_SIZE):
     """uint8 RGB in, the backbone's preprocessing inside, 10 softmax outputs."""
     import keras
 
     keras.utils.set_random_seed(0)
-    shape = (*INPUT_SIZE, 3)
+    shape = (*input_size, 3)
     inputs = keras.Input(shape, dtype="uint8", name="image")
     if name == "mobilenet_v2_0.35":
         weights = str(MOBILENET_WEIGHTS) if MOBILENET_WEIGHTS.is_file() else None
@@ -46,18 +46,18 @@ def build_model(name: str):
     return keras.Model(inputs, outputs, name=name.replace(".", "_"))
 
 
-def ensure_bundle(name: str, workdir: Path) -> Path:
+def ensure_bundle(name: str, workdir: Path, input_size: tuple[int, int] = INPUT_SIZE) -> Path:
     """Write the bundle (and its cached TFLite conversion) once per work directory."""
     from tl_perception.bundle import bundle_meta, read_bundle, write_bundle
     from tl_perception.errors import BundleError
     from tl_perception.inference import Classifier
 
-    path = workdir / name
+    path = workdir / (name if input_size == INPUT_SIZE else f"{name}_{input_size[0]}")
     try:
         read_bundle(path)
     except BundleError:
-        meta = bundle_meta(class_names=CLASSES, input_size=INPUT_SIZE, backbone=name)
-        write_bundle(path, build_model(name), meta)
+        meta = bundle_meta(class_names=CLASSES, input_size=input_size, backbone=name)
+        write_bundle(path, build_model(name, input_size), meta)
     Classifier(path, backend="litert")  # converts and caches model.tflite beside the bundle
     return path
 
@@ -88,8 +88,8 @@ def inference_floor(bundle: Path, repeats: int = 60) -> dict[str, float]:
     frame = rng.integers(0, 256, (1, *INPUT_SIZE, 3), dtype=np.uint8)
     camera = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     litert = Classifier(bundle, backend="litert")
-    interp = litert._run._interpreter  # the bare interpreter: the floor without any wrapper
     litert.predict_proba(list(frame))
+    interp = litert._run._slots[1].interpreter  # the bare interpreter: no wrapper at all
     index = interp.get_input_details()[0]["index"]
 
     def invoke() -> None:
@@ -109,3 +109,45 @@ def inference_floor(bundle: Path, repeats: int = 60) -> dict[str, float]:
         ),
         "model_predict_ms": _median_ms(lambda: model.predict(frame, verbose=0), 12, warmup=2),
     }
+
+
+def batch_floor(bundle: Path, counts: tuple[int, ...], repeats: int = 40) -> dict[str, dict]:
+    """Median ms to run N images at the bundle's input size through bare LiteRT interpreters:
+    once as one batch of N (the node's batched path: its bucket's interpreter) and as N calls
+    of one image (the per-ROI baseline). No resize, no wrapper: the floor either path pays."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tl_perception.bundle import read_bundle
+    from tl_perception.inference.backends import bucket_for, default_threads
+
+    size = read_bundle(bundle).input_size
+    model = (bundle / "model.tflite").read_bytes()
+
+    def interpreter(batch: int):
+        interp = Interpreter(model_content=model, num_threads=default_threads())
+        index = interp.get_input_details()[0]["index"]
+        interp.resize_tensor_input(index, [batch, *size, 3])
+        interp.allocate_tensors()
+        return interp, index
+
+    single, single_index = interpreter(1)
+    one = np.zeros((1, *size, 3), dtype=np.uint8)
+    out: dict[str, dict] = {}
+    for count in counts:
+        batched, index = interpreter(bucket_for(count))
+        images = np.zeros((bucket_for(count), *size, 3), dtype=np.uint8)
+
+        def run_batch(interp=batched, index=index, images=images) -> None:
+            interp.set_tensor(index, images)
+            interp.invoke()
+
+        def run_each(count=count) -> None:
+            for _ in range(count):
+                single.set_tensor(single_index, one)
+                single.invoke()
+
+        out[str(count)] = {
+            "batched_ms": _median_ms(run_batch, repeats),
+            "per_roi_ms": _median_ms(run_each, repeats),
+        }
+    return out

@@ -2,9 +2,11 @@
 
     ros2 launch tl_perception classify.launch.py model_path:=/path/to/bundle \
         image:=/camera/image_raw [image_transport:=compressed] [namespace:=front] \
+        [roi_source:=detections detections:=/detector/detections] \
         [params_file:=my.yaml] [log_level:=debug]
 
-`model_path` and `image_transport` given here override the params file.
+`model_path`, `image_transport` and `roi_source` given here override the params file. Several
+cameras (`cameras`, a string array) and fixed `rois` go in a params file (`params_file:=`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def generate_launch_description() -> LaunchDescription:
             default_value="raw",
             description="raw (sensor_msgs/Image) or compressed (<image>/compressed).",
         ),
+        DeclareLaunchArgument(
+            "roi_source",
+            default_value="full_frame",
+            description="full_frame, detections (boxes from `detections`) or fixed (`rois`).",
+        ),
+        DeclareLaunchArgument(
+            "detections",
+            default_value="detections",
+            description="vision_msgs/Detection2DArray topic (remaps `detections`).",
+        ),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace."),
         DeclareLaunchArgument(
             "log_level", default_value="info", description="debug, info, warn, error or fatal."
@@ -58,9 +70,13 @@ def generate_launch_description() -> LaunchDescription:
             {
                 "model_path": LaunchConfiguration("model_path"),
                 "image_transport": LaunchConfiguration("image_transport"),
+                "roi_source": LaunchConfiguration("roi_source"),
             },
         ],
-        remappings=[("image", LaunchConfiguration("image"))],
+        remappings=[
+            ("image", LaunchConfiguration("image")),
+            ("detections", LaunchConfiguration("detections")),
+        ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
     return LaunchDescription([*arguments, node])

@@ -33,8 +33,12 @@ from tl_perception.images import image_fields, rgb_to_compressed
 from tl_perception.ros.messages import (
     classification_to_dict,
     classification_type,
+    detections_to_dict,
+    detections_type,
     resolve_output_format,
+    vision_msgs_available,
 )
+from tl_perception.ros.names import diagnostics_status_name
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = Path(sys.executable).parent / "classifier_node"
@@ -72,8 +76,141 @@ def compressed_image(rgb: np.ndarray, fmt: str, sec: int, frame_id: str = "camer
     return msg
 
 
+def detection_array(
+    sec: int,
+    boxes: Sequence[tuple[str, float, float, float, float]],
+    nanosec: int = 1234,
+    frame_id: str = "camera",
+) -> Any:
+    """A vision_msgs/Detection2DArray stamped like `raw_image(..., sec)`; boxes are
+    (id, center_x, center_y, size_x, size_y) in pixels."""
+    from vision_msgs.msg import Detection2D, Detection2DArray
+
+    msg = Detection2DArray()
+    msg.header.stamp.sec = sec
+    msg.header.stamp.nanosec = nanosec
+    msg.header.frame_id = frame_id
+    for det_id, cx, cy, sx, sy in boxes:
+        det = Detection2D()
+        det.header = msg.header
+        det.id = det_id
+        det.bbox.center.position.x = float(cx)
+        det.bbox.center.position.y = float(cy)
+        det.bbox.size_x = float(sx)
+        det.bbox.size_y = float(sy)
+        msg.detections.append(det)
+    return msg
+
+
+class CameraProbe:
+    """One camera's side of the graph: its image (and detections) publishers and collectors of
+    its `classification` and `classified_detections`, kept as the JSON bodies' dicts."""
+
+    def __init__(self, probe: Probe, prefix: str, image_topic: str, qos: QoSProfile) -> None:
+        node = probe.node
+        self._lock = probe._lock
+        self.image_pub = node.create_publisher(Image, image_topic, qos)
+        self.compressed_pub = node.create_publisher(
+            CompressedImage, f"{image_topic}/compressed", qos
+        )
+        self.detections_pub: Any = None
+        self.results: list[dict[str, Any]] = []
+        self.messages: list[Any] = []  # the classification messages as received
+        self.detections: list[dict[str, Any]] = []  # classified_detections as dicts
+        self.detection_messages: list[Any] = []
+        self.overlays: list[Image] = []
+        fmt = probe.output_format
+        node.create_subscription(
+            classification_type(fmt),
+            f"{prefix}/classification",
+            self._on_result,
+            QoSProfile(depth=500),
+        )
+        node.create_subscription(
+            detections_type(fmt),
+            f"{prefix}/classified_detections",
+            self._on_detections,
+            QoSProfile(depth=500),
+        )
+        node.create_subscription(
+            Image, f"{prefix}/classification/overlay", self._on_overlay, QoSProfile(depth=10)
+        )
+        if vision_msgs_available():
+            from vision_msgs.msg import Detection2DArray
+
+            self.detections_pub = node.create_publisher(
+                Detection2DArray, f"{prefix}/detections", QoSProfile(depth=10)
+            )
+
+    def _on_result(self, msg: Any) -> None:
+        body = classification_to_dict(msg)
+        with self._lock:
+            self.messages.append(msg)
+            self.results.append(body)
+
+    def _on_detections(self, msg: Any) -> None:
+        body = detections_to_dict(msg)
+        with self._lock:
+            self.detection_messages.append(msg)
+            self.detections.append(body)
+
+    def _on_overlay(self, msg: Image) -> None:
+        with self._lock:
+            self.overlays.append(msg)
+
+    def result_for(self, sec: int) -> dict[str, Any] | None:
+        with self._lock:
+            return next((r for r in self.results if r["header"]["stamp"]["sec"] == sec), None)
+
+    def detections_for(self, sec: int) -> dict[str, Any] | None:
+        """The classified_detections answering the frame stamped `sec` (either format)."""
+        with self._lock:
+            return next((r for r in self.detections if r["header"]["stamp"]["sec"] == sec), None)
+
+    def message_for(self, sec: int) -> Any:
+        """The classification message (either format) answering the frame stamped `sec`."""
+        with self._lock:
+            pairs = zip(self.messages, self.results, strict=True)
+            return next((m for m, r in pairs if r["header"]["stamp"]["sec"] == sec), None)
+
+    def detection_message_for(self, sec: int) -> Any:
+        with self._lock:
+            pairs = zip(self.detection_messages, self.detections, strict=True)
+            return next((m for m, r in pairs if r["header"]["stamp"]["sec"] == sec), None)
+
+    def publish_until(
+        self, send: Callable[[int], None], found: Callable[[int], Any], sec: int, timeout: float
+    ) -> Any:
+        """Call `send(sec)` every 0.2 s until `found(sec)` is truthy; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            send(sec)
+            try:
+                return wait_until(lambda: found(sec), 0.2)
+            except AssertionError:
+                continue
+        raise AssertionError(f"no answer for the frame stamped {sec} within {timeout} s")
+
+    def publish_until_result(
+        self, make: Callable[[int], Any], pub: Any, sec: int, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """Publish a frame stamped `sec` every 0.2 s until its classification comes back."""
+        return self.publish_until(lambda s: pub.publish(make(s)), self.result_for, sec, timeout)
+
+    def publish_until_detections(
+        self, send: Callable[[int], None], sec: int, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """`send(sec)` (an image and/or detections) until classified_detections for `sec`."""
+        return self.publish_until(send, self.detections_for, sec, timeout)
+
+
 class Probe:
-    """The test side of the graph: image publishers and collectors of the node's outputs."""
+    """The test side of the graph: image publishers and collectors of the node's outputs.
+
+    The node's default camera (`cameras` empty) is `probe.default`, whose publishers and
+    collectors are also the probe's own attributes (`image_pub`, `results`, ...); with
+    `cameras=[...]` each named camera has its `CameraProbe` in `probe.cameras[name]`.
+    """
 
     def __init__(
         self,
@@ -81,37 +218,35 @@ class Probe:
         reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE,
         image_topic: str = "image",
         output_format: str = "auto",
+        cameras: Sequence[str] = (),
     ) -> None:
         """`namespace`: the node's namespace (its topics); `image_topic` is relative to it.
 
         `output_format`: the node's; with vision_msgs the probe also keeps the latched LabelInfo.
         """
-        node_namespace = namespace
         self.output_format = resolve_output_format(output_format)
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = Node("probe", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        qos = QoSProfile(depth=10, reliability=reliability)
-        topic = image_topic if image_topic.startswith("/") else f"{namespace}/{image_topic}"
-        self.image_pub = self.node.create_publisher(Image, topic, qos)
-        self.compressed_pub = self.node.create_publisher(
-            CompressedImage, f"{topic}/compressed", qos
-        )
         self._lock = threading.Lock()
-        self.results: list[dict[str, Any]] = []
-        self.messages: list[Any] = []  # the classification messages as received
+        qos = QoSProfile(depth=10, reliability=reliability)
+        ns = self._ns = namespace.rstrip("/")
+        topic = image_topic if image_topic.startswith("/") else f"{ns}/{image_topic}"
+        self.default = CameraProbe(self, ns, topic, qos)
+        self.cameras = {
+            name: CameraProbe(self, f"{ns}/{name}", f"{ns}/{name}/image", qos) for name in cameras
+        }
+        self.image_pub = self.default.image_pub
+        self.compressed_pub = self.default.compressed_pub
+        self.detections_pub = self.default.detections_pub
+        self.results = self.default.results
+        self.messages = self.default.messages
+        self.overlays = self.default.overlays
         self.label_infos: list[Any] = []
-        self.diagnostics: list[dict[str, str]] = []
-        self.overlays: list[Image] = []
-        ns = self._ns = node_namespace.rstrip("/")
-        self.node.create_subscription(
-            classification_type(self.output_format),
-            f"{ns}/classification",
-            self._on_result,
-            QoSProfile(depth=500),
-        )
+        self.diagnostics: list[dict[str, str]] = []  # the node's status
+        self.camera_diagnostics: dict[str, list[dict[str, str]]] = {}  # with named cameras
         if self.output_format == "vision_msgs":
             from vision_msgs.msg import LabelInfo
 
@@ -126,9 +261,6 @@ class Probe:
         self.node.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50)
         )
-        self.node.create_subscription(
-            Image, f"{ns}/classification/overlay", self._on_overlay, QoSProfile(depth=10)
-        )
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -139,53 +271,41 @@ class Probe:
             except Exception:  # context shut down under us
                 return
 
-    def _on_result(self, msg: Any) -> None:
-        body = classification_to_dict(msg)
-        with self._lock:
-            self.messages.append(msg)
-            self.results.append(body)
-
     def _on_label_info(self, msg: Any) -> None:
         with self._lock:
             self.label_infos.append(msg)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        node_status = diagnostics_status_name(f"{self._ns}/classifier")
         with self._lock:
             for status in msg.status:
-                if status.name.startswith(f"{self._ns}/classifier:"):
-                    values = {kv.key: kv.value for kv in status.values}
-                    values["_level"] = str(int.from_bytes(status.level, "little"))
+                values = {kv.key: kv.value for kv in status.values}
+                values["_level"] = str(int.from_bytes(status.level, "little"))
+                values["_message"] = status.message
+                if status.name == node_status:
                     self.diagnostics.append(values)
-
-    def _on_overlay(self, msg: Image) -> None:
-        with self._lock:
-            self.overlays.append(msg)
+                elif status.name.startswith(f"{node_status} ("):
+                    camera = status.name[len(node_status) + 2 : -1]
+                    self.camera_diagnostics.setdefault(camera, []).append(values)
 
     def wait_for_subscriber(self, pub: Any, timeout: float = 15.0) -> None:
         wait_until(lambda: pub.get_subscription_count() > 0, timeout)
 
     def result_for(self, sec: int) -> dict[str, Any] | None:
-        with self._lock:
-            return next((r for r in self.results if r["header"]["stamp"]["sec"] == sec), None)
+        return self.default.result_for(sec)
+
+    def detections_for(self, sec: int) -> dict[str, Any] | None:
+        return self.default.detections_for(sec)
 
     def publish_until_result(
         self, make: Callable[[int], Any], pub: Any, sec: int, timeout: float = 15.0
     ) -> dict[str, Any]:
         """Publish a frame stamped `sec` every 0.2 s until its classification comes back."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pub.publish(make(sec))
-            try:
-                return wait_until(lambda: self.result_for(sec), 0.2)
-            except AssertionError:
-                continue
-        raise AssertionError(f"no classification for the frame stamped {sec} within {timeout} s")
+        return self.default.publish_until_result(make, pub, sec, timeout)
 
     def message_for(self, sec: int) -> Any:
         """The classification message (either format) answering the frame stamped `sec`."""
-        with self._lock:
-            pairs = zip(self.messages, self.results, strict=True)
-            return next((m for m, r in pairs if r["header"]["stamp"]["sec"] == sec), None)
+        return self.default.message_for(sec)
 
     def latest_label_info(self) -> Any:
         with self._lock:
@@ -195,11 +315,24 @@ class Probe:
         with self._lock:
             return self.diagnostics[-1] if self.diagnostics else None
 
+    def latest_camera_diagnostics(self, camera: str) -> dict[str, str] | None:
+        with self._lock:
+            found = self.camera_diagnostics.get(camera)
+            return found[-1] if found else None
+
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(timeout=2.0)
+
+
+def wait_for_outputs(node: Any, timeout: float = 15.0) -> None:
+    """Until every camera's result publisher has matched a subscriber: a reliable message
+    published before that is lost (volatile), so single-shot tests wait for it."""
+    wait_until(
+        lambda: all(c.result_pub.get_subscription_count() > 0 for c in node.cameras), timeout
+    )
 
 
 @contextmanager

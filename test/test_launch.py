@@ -68,6 +68,8 @@ def test_launch_file_declares_the_documented_arguments() -> None:
         "image",
         "params_file",
         "image_transport",
+        "roi_source",
+        "detections",
         "namespace",
         "log_level",
     }

@@ -267,7 +267,7 @@ def test_reliable_qos_against_a_best_effort_camera_is_reported(color_bundle: Pat
         node_in_process(overrides, namespace="/rel") as node,
         probe(namespace="/rel", reliability=ReliabilityPolicy.BEST_EFFORT) as p,
     ):
-        wait_until(lambda: node._incompatible_qos_events > 0, 10.0)
+        wait_until(lambda: node.incompatible_qos_events > 0, 10.0)
         diag = wait_until(
             lambda: (d := p.latest_diagnostics()) and d["incompatible_qos_events"] != "0" and d,
             5.0,
@@ -324,7 +324,7 @@ def test_incompatible_qos_warns_only_while_the_publisher_is_there(color_bundle: 
             namespace="/qw", output_format="json", reliability=ReliabilityPolicy.BEST_EFFORT
         ) as p,
     ):
-        wait_until(lambda: node._incompatible_qos_events > 0, 10.0)
+        wait_until(lambda: node.incompatible_qos_events > 0, 10.0)
         warned = wait_until(lambda: (d := p.latest_diagnostics()) and d["_level"] == "1" and d, 5.0)
         p.node.destroy_publisher(p.image_pub)
         diag = wait_until(lambda: (d := p.latest_diagnostics()) and d["_level"] == "0" and d, 5.0)
@@ -345,12 +345,12 @@ def test_incompatible_qos_warning_ends_once_qos_auto_rematched(color_bundle: Pat
         probe(namespace="/qa", output_format="json") as p,
     ):
         p.wait_for_subscriber(p.image_pub)
-        wait_until(lambda: node._input_qos.reliability == ReliabilityPolicy.RELIABLE, 5.0)
+        wait_until(lambda: node.input_qos.reliability == ReliabilityPolicy.RELIABLE, 5.0)
         camera = p.node.create_publisher(
             Image, "/qa/image", QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
         )
-        wait_until(lambda: node._input_qos.reliability == ReliabilityPolicy.BEST_EFFORT, 5.0)
-        if node._incompatible_qos_events == 0:
+        wait_until(lambda: node.input_qos.reliability == ReliabilityPolicy.BEST_EFFORT, 5.0)
+        if node.incompatible_qos_events == 0:
             pytest.skip("the re-match won the race with DDS's incompatible-QoS event this time")
         diag = wait_until(
             lambda: (

@@ -215,8 +215,8 @@ def storm(good: Callable[..., Case], bad: Callable[..., Case], seed: int) -> Ite
 
 # ------------------------------------------------------------------ the harness of one storm
 def _books(node: Any) -> tuple[int, int, int, int, int]:
-    s = node._stats
-    return s.received, s.processed, s.bad, s.errors, s.dropped
+    s = node.cameras[0].stats
+    return s.received, s.processed, s.bad, node.inference_errors, s.dropped
 
 
 def _fate(node: Any, before: tuple[int, ...], timeout: float = 10.0) -> str:
@@ -265,7 +265,7 @@ def run_storm(node: Any, p: Probe, pub: Any, cases: Iterator[Case]) -> None:
         flood.append(case)
 
     quiet(node)  # the flood delivered (DDS may still be retransmitting) and worked off
-    assert node._worker.is_alive(), "the classify thread died"
+    assert node.worker_alive, "the classify thread died"
     after = []  # 3. after the storm: every good frame answered
     for _ in range(AFTER_STORM):
         case = next(cases)

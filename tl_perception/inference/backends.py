@@ -3,6 +3,10 @@
 Both take an (N, H, W, 3) uint8 batch already at the input size and return (N, C) float32
 probabilities. `model.predict` is deliberately absent: it rebuilds its data pipeline on every
 call (~59 ms of overhead per frame measured here), which a per-frame node cannot afford.
+
+Batches are what ROI mode and several cameras run on (all crops of all cameras in one call):
+`padded_size` says what size the caller fills (LiteRT: a power-of-two bucket, each with its own
+interpreter allocated once), `max_batch` how many images one call takes at most.
 """
 
 from __future__ import annotations
@@ -15,6 +19,17 @@ import numpy as np
 
 from tl_perception.bundle import Bundle
 from tl_perception.errors import BundleError, one_line
+
+#: Batch sizes LiteRT runs at: a batch of n images is padded to the smallest bucket >= n, and
+#: batches over the largest bucket run in chunks of it. Each bucket keeps its own interpreter,
+#: allocated once, so a frame never resizes or re-allocates tensors (the ROI count changes from
+#: frame to frame; resizing one interpreter costs milliseconds each time it does).
+BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+
+def bucket_for(count: int, buckets: tuple[int, ...] = BATCH_BUCKETS) -> int:
+    """The smallest bucket holding `count` images (the largest one for more)."""
+    return next((b for b in buckets if b >= count), buckets[-1])
 
 
 class KerasBackend:
@@ -37,49 +52,98 @@ class KerasBackend:
         self._infer = tf.function(infer, input_signature=[spec], reduce_retracing=True)
         self._tf = tf
 
+    @property
+    def max_batch(self) -> int:
+        """The most images one call runs (bounds the graph's activation memory)."""
+        return BATCH_BUCKETS[-1]
+
+    @staticmethod
+    def padded_size(count: int) -> int:
+        """The fixed signature takes any batch size without retracing: no padding needed."""
+        return count
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self._infer(self._tf.convert_to_tensor(batch, dtype=self._tf.uint8))
         return np.asarray(out, dtype=np.float32)
 
 
+class _Slot:
+    """One allocated interpreter at one batch size, with its tensor details."""
+
+    def __init__(self, interpreter: Any) -> None:
+        self.interpreter = interpreter
+        self.input = interpreter.get_input_details()[0]
+        self.output = interpreter.get_output_details()[0]
+        self.batch = int(self.input["shape"][0])
+
+
 class LiteRTBackend:
-    """A TFLite flatbuffer in the LiteRT interpreter; handles uint8, int8 and float models."""
+    """A TFLite flatbuffer in the LiteRT interpreter; handles uint8, int8 and float models.
+
+    A model with a dynamic batch dimension gets one interpreter per `BATCH_BUCKETS` size, made
+    on first use (`Classifier.warmup` makes them before frames come) and kept; a fixed-batch
+    model runs image by image.
+    """
 
     name = "litert"
 
     def __init__(self, model: bytes | Path, bundle: Bundle, num_threads: int | None = None) -> None:
-        self._interpreter = open_interpreter(model, num_threads)
+        self._model = model
+        self._threads = num_threads
+        interpreter = open_interpreter(model, num_threads)
         try:
-            check_tflite_shapes(self._interpreter, bundle, _describe(model))
-            self._input = self._interpreter.get_input_details()[0]
-            self._output = self._interpreter.get_output_details()[0]
-            self._resizable = int(self._input["shape_signature"][0]) == -1
-            self._batch = int(self._input["shape"][0])
+            check_tflite_shapes(interpreter, bundle, _describe(model))
+            first = _Slot(interpreter)
+            self._resizable = int(first.input["shape_signature"][0]) == -1
         except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as err:
             # A damaged flatbuffer can load yet fail on its tensor details (e.g. a name that
             # is not UTF-8): still a bad model file, not a crash.
             raise BundleError(
                 f"{_describe(model)}: unreadable TFLite tensor details: {one_line(err)}"
             ) from err
+        self._classes = int(first.output["shape"][-1])
+        self._slots: dict[int, _Slot] = {first.batch: first}
+
+    @property
+    def max_batch(self) -> int:
+        """The most images one call runs at once (larger batches are chunked by the caller)."""
+        return BATCH_BUCKETS[-1] if self._resizable else 1
+
+    def padded_size(self, count: int) -> int:
+        """The batch size a call with `count` images runs at (the rest is zero padding)."""
+        return bucket_for(count) if self._resizable else count
+
+    def _slot(self, batch: int) -> _Slot:
+        slot = self._slots.get(batch)
+        if slot is None:
+            interpreter = open_interpreter(self._model, self._threads)
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [batch, *self._input_hw3()])
+            interpreter.allocate_tensors()
+            slot = self._slots[batch] = _Slot(interpreter)
+        return slot
+
+    def _input_hw3(self) -> list[int]:
+        return [int(v) for v in next(iter(self._slots.values())).input["shape"][1:]]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C) probabilities; N must be `padded_size(n)` for the n images the caller has."""
         if len(batch) == 0:
-            return np.zeros((0, int(self._output["shape"][-1])), dtype=np.float32)
+            return np.zeros((0, self._classes), dtype=np.float32)
         if not self._resizable:
-            return np.concatenate([self._run(image[None]) for image in batch])
-        if len(batch) != self._batch:
-            self._interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
-            self._interpreter.allocate_tensors()
-            self._input = self._interpreter.get_input_details()[0]
-            self._output = self._interpreter.get_output_details()[0]
-            self._batch = len(batch)
-        return self._run(batch)
+            return np.concatenate([self._invoke(self._only(), image[None]) for image in batch])
+        return self._invoke(self._slot(len(batch)), batch)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        self._interpreter.set_tensor(self._input["index"], _to_input(batch, self._input))
-        self._interpreter.invoke()
-        out = self._interpreter.get_tensor(self._output["index"])
-        scale, zero_point = self._output["quantization"]
+    def _only(self) -> _Slot:
+        return next(iter(self._slots.values()))
+
+    @staticmethod
+    def _invoke(slot: _Slot, batch: np.ndarray) -> np.ndarray:
+        interpreter = slot.interpreter
+        interpreter.set_tensor(slot.input["index"], _to_input(batch, slot.input))
+        interpreter.invoke()
+        out = interpreter.get_tensor(slot.output["index"])
+        scale, zero_point = slot.output["quantization"]
         if np.issubdtype(out.dtype, np.integer) and scale:
             out = (np.asarray(out, dtype=np.float32) - zero_point) * scale
         return np.array(out, dtype=np.float32)  # a copy: LiteRT reuses its output buffer

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from tl_perception.bundle import Bundle, read_bundle
 from tl_perception.errors import BundleError, one_line
-from tl_perception.inference.backends import KerasBackend, LiteRTBackend
+from tl_perception.inference.backends import (
+    KerasBackend,
+    LiteRTBackend,
+    bucket_for,
+    default_threads,
+)
 from tl_perception.inference.convert import tflite_for_bundle
-from tl_perception.inference.preprocess import make_batch
+from tl_perception.inference.preprocess import fill_batch, worth_parallel
 
 BACKENDS = ("auto", "litert", "keras")
 
@@ -40,6 +46,8 @@ class Classifier:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.bundle: Bundle = read_bundle(bundle_path)
         self._lock = threading.Lock()
+        self._buffers: dict[int, np.ndarray] = {}  # batch bucket -> reused input batch
+        self._pool: ThreadPoolExecutor | None = None  # resizes batches of large frames
         if backend == "keras":
             self._run: KerasBackend | LiteRTBackend = KerasBackend(self.bundle)
         else:
@@ -71,9 +79,37 @@ class Classifier:
         Raises:
             ImageDecodeError: an image that is not uint8 or has an unsupported shape.
         """
-        batch = make_batch(images, self.input_size)
+        count = len(images)
         with self._lock:
-            return self._run(batch)
+            step = self._run.max_batch
+            if count <= step:
+                return self._run_chunk(images)
+            return np.concatenate(
+                [self._run_chunk(images[i : i + step]) for i in range(0, count, step)]
+            )
+
+    def _run_chunk(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """One backend call: images resized into a reused buffer, zero-padded to its bucket."""
+        count = len(images)
+        padded = self._run.padded_size(count)
+        batch = self._buffer(padded)[:padded]
+        pool = None
+        if worth_parallel(images):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(default_threads(), thread_name_prefix="resize")
+            pool = self._pool
+        fill_batch(images, batch, pool)
+        batch[count:] = 0
+        return self._run(batch)[:count]
+
+    def _buffer(self, count: int) -> np.ndarray:
+        size = bucket_for(count)
+        buffer = self._buffers.get(size)
+        if buffer is None or len(buffer) < count:
+            height, width = self.input_size
+            buffer = np.zeros((max(size, count), height, width, 3), dtype=np.uint8)
+            self._buffers[size] = buffer
+        return buffer
 
     def classify(
         self, images: Sequence[np.ndarray], top_k: int = 5
@@ -89,15 +125,20 @@ class Classifier:
             for row, idx in zip(probs, order, strict=True)
         ]
 
-    def warmup(self) -> None:
-        """One dummy inference so the first real frame does not pay graph tracing/allocation.
+    def warmup(self, max_batch: int = 1) -> None:
+        """Dummy inferences so the first real frame does not pay graph tracing or allocation:
+        one image, then one batch per bucket up to `max_batch` (the most crops a frame of the
+        caller can have), so each bucket's interpreter and input buffer exist before frames do.
 
         It is also the first time the network runs, so a model that loads but cannot run
         (a damaged flatbuffer, an op that fails) is refused here as a BundleError.
         """
         height, width = self.input_size
+        blank = np.zeros((height, width, 3), dtype=np.uint8)
         try:
-            probs = self.predict_proba([np.zeros((height, width, 3), dtype=np.uint8)])
+            probs = self.predict_proba([blank])
+            for size in sorted({bucket_for(n) for n in range(2, max_batch + 1)}):
+                self.predict_proba([blank] * size)
         except Exception as err:  # TF and LiteRT raise many types; all mean "this model is broken"
             raise BundleError(
                 f"{self.bundle.path}: the model fails on a blank image: {one_line(err)}"

@@ -1,9 +1,12 @@
-"""`classifier_node`: classify camera images with a model bundle and publish the top classes.
+"""`classifier_node`: classify camera images (whole, or regions of interest) with a model bundle
+and publish the top classes.
 
-Data path: the subscription callback only stores the newest message (latest frame wins, older
-unprocessed frames are counted as dropped); one worker thread decodes it with
-`images.message_to_rgb`, classifies it and publishes, so latency never grows with a queue.
-Parameters are listed in `params.PARAMETERS` and docs/node.md.
+Data path: each camera's subscription callbacks only store the newest frame (in ROI mode the
+newest image paired with its detections; latest frame wins, older unprocessed frames are counted
+as dropped); one worker thread takes the newest frame of every camera, decodes, crops and
+classifies them all in one batched inference and publishes per camera, so latency never grows
+with a queue. Per-camera state: `camera.py`; the processing: `pipeline.py`; ROIs: `rois.py`;
+pairing: `pairing.py`. Parameters are listed in `params.PARAMETERS` and docs/node.md.
 
 Hot reload: setting `model_path` validates the bundle's metadata at once (refused: the set fails)
 and queues a request for one reload thread, which loads requests one at a time. Each request
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import rclpy
@@ -30,45 +33,35 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
-from rclpy.subscription import Subscription
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
-try:  # Iron and newer
-    from rclpy.event_handler import SubscriptionEventCallbacks
-except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks
-
-from tl_perception.bundle import read_bundle
-from tl_perception.errors import BundleError, ImageDecodeError, TlPerceptionError, one_line
-from tl_perception.images import image_fields, message_to_rgb
-from tl_perception.ros import qos as qos_rules
+from tl_perception.bundle import Bundle, read_bundle
+from tl_perception.errors import BundleError, TlPerceptionError, one_line
+from tl_perception.ros.camera import OUTPUT_QOS, Camera, CameraConfig
 from tl_perception.ros.diagnostics import RELOAD_IDLE, NodeStatus, build_diagnostics
 from tl_perception.ros.messages import (
-    build_classification,
+    NodeConfigError,
     build_label_info,
-    classification_type,
     resolve_output_format,
+    vision_msgs_available,
 )
-from tl_perception.ros.names import NODE_NAME, diagnostics_status_name
-from tl_perception.ros.overlay import draw_overlay
+from tl_perception.ros.names import NODE_NAME, camera_status_name, diagnostics_status_name
 from tl_perception.ros.params import (
     CLASS_NAMES,
     NODE_OWNED,
     NODE_OWNED_REFUSAL,
     SERVING_MODEL_PATH,
+    check_number_array,
     declare_all,
     declare_node_owned,
 )
-from tl_perception.ros.results import select_hypotheses
-from tl_perception.ros.stats import FrameStats, LatestFrameSlot
-from tl_perception.stamps import is_unstamped, stamp_to_ns
+from tl_perception.ros.pipeline import Pipeline, PipelineContext, Settings, Worker
+from tl_perception.ros.rois import Roi, RoiConfigError, fixed_rois
+from tl_perception.ros.stats import LatestFrames, LatestFrameSlot
 
 DIAGNOSTICS_PERIOD_S = 1.0
 QOS_RECHECK_PERIOD_S = 1.0
-BAD_FRAME_LOG_THROTTLE_S = 5.0
-OUTPUT_QOS = QoSProfile(depth=10)
 LATCHED_QOS = QoSProfile(
     depth=1,
     reliability=ReliabilityPolicy.RELIABLE,
@@ -76,15 +69,52 @@ LATCHED_QOS = QoSProfile(
 )
 
 
-def load_classifier(model_path: str, backend: str, num_threads: int) -> Any:
-    """Load and warm up a Classifier; BundleError names what is wrong with the bundle."""
+def load_classifier(model_path: str, backend: str, num_threads: int, max_batch: int = 1) -> Any:
+    """Load and warm up a Classifier for batches of up to `max_batch` crops; BundleError names
+    what is wrong with the bundle."""
     from tl_perception.inference import Classifier
 
     if not model_path:
         raise BundleError("parameter model_path is empty; pass -p model_path:=<bundle directory>")
     classifier = Classifier(model_path, backend=backend, num_threads=num_threads or None)
-    classifier.warmup()
+    classifier.warmup(max_batch=max_batch)
     return classifier
+
+
+def describe_policy(bundle: Bundle) -> str:
+    """For the start-up log: the bundle's crop policy, or what ROIs are cut with without one."""
+    policy = bundle.crop_policy
+    if policy is None:
+        return "none: whole frames; ROIs cut exactly"
+    return ", ".join(f"{k} {v}" for k, v in policy.to_dict().items() if k != "version")
+
+
+def check_cameras(node: Node, names: list[str]) -> list[str]:
+    """The `cameras` parameter: distinct names that make valid relative topic names."""
+    if len(set(names)) != len(names):
+        raise NodeConfigError(f"parameter cameras has duplicates: {names}")
+    for name in names:
+        try:
+            if not name or name.startswith(("/", "~")):
+                raise ValueError("must be a relative name")
+            node.resolve_topic_name(f"{name}/image")
+        except Exception as err:  # rclpy raises its own validation errors
+            raise NodeConfigError(
+                f"parameter cameras: {name!r} is not a usable camera name ({one_line(err)})"
+            ) from err
+    return list(names)
+
+
+#: Run-time parameters that live in `pipeline.Settings`, with their conversion.
+RUN_TIME_SETTINGS: dict[str, Any] = {
+    "top_k": int,
+    "score_threshold": float,
+    "max_rois": int,
+    "publish_background": bool,
+    "background_label": str,
+    "publish_overlay": bool,
+    "batch_wait_s": float,
+}
 
 
 class NodeOwnedWriter:
@@ -117,221 +147,237 @@ class NodeOwnedWriter:
 
 
 class ClassifierNode(Node):
-    """Subscribe images, classify the newest one on a worker thread, publish results."""
+    """Subscribe images (of one or several cameras), classify the newest frames on a worker
+    thread, publish results per camera.
+
+    Start-up is split the way a lifecycle node's transitions are: `_configure` (parameters,
+    model), `_activate` (publishers, cameras' subscriptions, the worker, reload thread and
+    timers); `_deactivate` stops the worker and destroys the cameras' endpoints, `_stop_reloads`
+    ends the reload thread. The per-camera state is in `camera.Camera`, the processing in
+    `pipeline.Pipeline`.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         try:
-            self._setup()
+            self._configure()
+            self._activate()
         except BaseException:
             # A refused start-up (bad parameter, broken bundle) must not leave a half-built
             # node in the graph: a caller that goes on (a test, a launch retry) would see it.
+            self._deactivate()
+            self._stop_reloads()
             Node.destroy_node(self)
             raise
 
-    def _setup(self) -> None:
-        # 1. Parameters, validated before anything heavy happens.
+    # ---------------------------------------------------------------- configure / activate
+    def _configure(self) -> None:
+        """Parameters (validated before anything heavy), the model, the node-owned parameters."""
+        self._worker: Worker | None = None
+        self._cameras: list[Camera] = []
         config = declare_all(self)
         self._model_path: str = config["model_path"]
         self._backend_choice: str = config["backend"]
         self._num_threads: int = config["num_threads"]
-        self._transport: str = config["image_transport"]
-        self._qos_mode: str = config["qos"]
-        self._top_k: int = config["top_k"]
-        self._score_threshold: float = config["score_threshold"]
         self._max_rate_hz: float = config["max_rate_hz"]
-        self._publish_overlay: bool = config["publish_overlay"]
-        self._overlay_pub: Publisher | None = None
         self._output_format = resolve_output_format(config["output_format"])
-
-        # 2. The model (fails start-up with one BundleError line).
+        self._camera_names = check_cameras(self, config["cameras"])
+        self._roi_source: str = config["roi_source"]
+        self._settings = Settings(
+            roi_source=self._roi_source,
+            top_k=config["top_k"],
+            score_threshold=config["score_threshold"],
+            max_rois=config["max_rois"],
+            publish_background=config["publish_background"],
+            background_label=config["background_label"],
+            publish_overlay=config["publish_overlay"],
+            batch_rois=config["batch_rois"],
+            fixed_rois=self._fixed_rois(config["rois"]),
+            batch_wait_s=config["batch_wait_s"],
+        )
+        self._camera_config = CameraConfig(
+            transport=config["image_transport"],
+            qos_mode=config["qos"],
+            roi_source=self._roi_source,
+            output_format=self._output_format,
+            sync_tolerance_ns=round(config["sync_tolerance_s"] * 1e9),
+            sync_queue=config["sync_queue"],
+        )
+        if self._roi_source == "detections" and not vision_msgs_available():
+            raise NodeConfigError(
+                "roi_source 'detections' subscribes vision_msgs/Detection2DArray, but vision_msgs "
+                "cannot be imported; install it (make venv builds it) or use roi_source fixed"
+            )
         self._classifier = load_classifier(
-            self._model_path, self._backend_choice, self._num_threads
+            self._model_path, self._backend_choice, self._num_threads, self._max_batch()
         )
         self._serving_path = self._model_path
         self._owned = NodeOwnedWriter(self)
         declare_node_owned(self, self._classifier.class_names, self._serving_path)
         self.get_logger().info(
             f"loaded {self._model_path} ({len(self._classifier.class_names)} classes, "
-            f"input {self._classifier.input_size}, backend {self._classifier.backend})"
+            f"input {self._classifier.input_size}, backend {self._classifier.backend}, "
+            f"crop {describe_policy(self._classifier.bundle)})"
         )
+        self._reload_lock = threading.RLock()  # guards the request sequence and the swap
+        self._reload_seq = 0
+        self._reload_state = RELOAD_IDLE
+        self._reload_requests: LatestFrameSlot[tuple[int, str]] = LatestFrameSlot()
+        self._stop = threading.Event()
 
-        # 3. Publishers.
-        self._result_pub = self.create_publisher(
-            classification_type(self._output_format), "classification", OUTPUT_QOS
-        )
+    def _fixed_rois(self, values: list[float]) -> tuple[Roi, ...]:
+        try:
+            rois = fixed_rois(values)
+        except RoiConfigError as err:
+            raise NodeConfigError(f"parameter {err}") from err
+        if self._roi_source == "fixed" and not rois:
+            raise NodeConfigError(
+                "roi_source 'fixed' needs boxes: -p rois:=[x, y, w, h, ...] (pixels, top-left)"
+            )
+        return rois
+
+    def _max_batch(self) -> int:
+        """The most crops one cycle can have: what the warm-up prepares batches for."""
+        per_frame = 1
+        if self._roi_source == "fixed":
+            per_frame = min(len(self._settings.fixed_rois), self._settings.max_rois)
+        elif self._roi_source == "detections":
+            per_frame = self._settings.max_rois
+        return per_frame * max(1, len(self._camera_names))
+
+    def _activate(self) -> None:
+        """Publishers, cameras (subscriptions), the worker, the reload thread and the timers."""
         self._label_pub: Publisher | None = None
         if self._output_format == "vision_msgs":
             from vision_msgs.msg import LabelInfo
 
             self._label_pub = self.create_publisher(LabelInfo, "label_info", LATCHED_QOS)
             self._publish_label_info()
-        self._ensure_overlay_publisher()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
-
-        # 4. Subscription (recreated when `qos:=auto` finds publishers with other policies).
-        self._stats = FrameStats()
-        self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
-        self._incompatible_qos_events = 0
-        self._subscription: Subscription | None = None
-        self._input_qos = qos_rules.preset_profile(self._qos_mode)
-        self._subscribe(self._input_qos, reason=f"qos:={self._qos_mode}")
-
-        # 5. Worker and reload threads, 6. timers and run-time parameter changes.
-        self._stop = threading.Event()
-        self._reload_lock = threading.RLock()  # guards the request sequence and the swap
-        self._reload_seq = 0
-        self._reload_state = RELOAD_IDLE
-        self._reload_requests: LatestFrameSlot[tuple[int, str]] = LatestFrameSlot()
-        self._worker = threading.Thread(target=self._worker_loop, name="classify", daemon=True)
+        names = self._camera_names or [""]
+        self._frames: LatestFrames[Any] = LatestFrames(len(names))
+        self._cameras = [
+            Camera(i, name, self._camera_config, self._frames) for i, name in enumerate(names)
+        ]
+        for camera in self._cameras:
+            camera.open(self, self._settings.publish_overlay)
+        context = PipelineContext(
+            classifier=lambda: self._classifier,
+            settings=lambda: self._settings,
+            now_ns=lambda: self.get_clock().now().nanoseconds,
+            logger=self.get_logger(),
+        )
+        self._pipeline = Pipeline(self._cameras, self._frames, context)
+        self._worker = Worker(self._pipeline, lambda: self._max_rate_hz)
         self._worker.start()
         self._reloader = threading.Thread(target=self._reload_loop, name="reload", daemon=True)
         self._reloader.start()
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
-        if self._qos_mode == "auto":
+        if self._camera_config.qos_mode == "auto":
             self.create_timer(QOS_RECHECK_PERIOD_S, self._match_publisher_qos)
             self._match_publisher_qos()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-    # ---------------------------------------------------------------- input and QoS
+    def _deactivate(self) -> None:
+        """Stop the worker, then destroy the cameras' subscriptions and publishers."""
+        worker = getattr(self, "_worker", None)  # absent when start-up failed early
+        if worker is not None:
+            worker.stop()
+            self._worker = None
+        for camera in getattr(self, "_cameras", []):
+            camera.close(self)
+
+    def _stop_reloads(self) -> None:
+        """End the reload thread (a load in progress finishes first)."""
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+            self._reload_requests.close()
+        reloader = getattr(self, "_reloader", None)
+        if reloader is not None and reloader.is_alive():
+            reloader.join(timeout=5.0)
+
+    # ---------------------------------------------------------------- inputs and QoS
+    @property
+    def cameras(self) -> list[Camera]:
+        """The node's cameras (one unnamed camera when the `cameras` parameter is empty)."""
+        return list(self._cameras)
+
     @property
     def input_topic(self) -> str:
-        """The fully resolved (remapped) topic the node listens on."""
-        base = self.resolve_topic_name("image")
-        return f"{base}/compressed" if self._transport == "compressed" else base
+        """The fully resolved (remapped) image topic of the first camera."""
+        return self._cameras[0].image_topic(self)
+
+    @property
+    def input_qos(self) -> QoSProfile:
+        """The first camera's image subscription QoS (it changes under `qos:=auto`)."""
+        image = self._cameras[0].image_input
+        assert image is not None
+        return image.profile
+
+    @property
+    def incompatible_qos_events(self) -> int:
+        """DDS incompatible-QoS events on every input since start."""
+        return sum(
+            e.incompatible_events
+            for c in self._cameras
+            for e in (c.image_input, c.detections_input)
+            if e is not None
+        )
+
+    @property
+    def inference_errors(self) -> int:
+        """Unexpected exceptions while classifying, since start (logged, never fatal)."""
+        return self._pipeline.errors
+
+    @property
+    def worker_alive(self) -> bool:
+        """Whether the classification thread runs (it must survive any frame)."""
+        return self._worker is not None and self._worker.is_alive()
 
     @property
     def reload_status(self) -> str:
         """`idle`, `loading <path>` or `failed <path>: <reason>` (also in /diagnostics)."""
         return self._reload_state
 
-    def _subscribe(self, profile: QoSProfile, reason: str) -> None:
-        if self._subscription is not None:
-            self.destroy_subscription(self._subscription)
-        msg_type = CompressedImage if self._transport == "compressed" else Image
-        self._input_qos = profile
-        self._subscription = self.create_subscription(
-            msg_type,
-            self.input_topic,
-            self._on_image,
-            profile,
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos),
-        )
-        self.get_logger().info(
-            f"subscribed {self.input_topic} ({msg_type.__name__}) with QoS "
-            f"[{qos_rules.describe(profile)}] ({reason})"
-        )
-
     def _match_publisher_qos(self) -> None:
         """`qos:=auto`: follow the publishers' reliability/durability, like `ros2 bag record`."""
-        offered = [info.qos_profile for info in self.get_publishers_info_by_topic(self.input_topic)]
-        wanted = qos_rules.match_publishers(offered)
-        if wanted is not None and not qos_rules.same_policies(wanted, self._input_qos):
-            self._subscribe(wanted, reason=f"qos:=auto matched {len(offered)} publisher(s)")
-
-    def _on_incompatible_qos(self, event: Any) -> None:
-        self._incompatible_qos_events += 1
-        policy = qos_policy_name_from_kind(event.last_policy_kind)
-        self.get_logger().warning(
-            f"a publisher on {self.input_topic} offers a QoS incompatible with this node's "
-            f"[{qos_rules.describe(self._input_qos)}]: policy {policy}; no images arrive from it. "
-            "Use qos:=auto, or match the publisher (e.g. qos:=sensor_data for best effort)."
-        )
-
-    def _on_image(self, msg: Any) -> None:
-        """Keep only the newest frame; the worker does everything else."""
-        self._stats.count_received(dropped_one=self._slot.put(msg))
-
-    # ---------------------------------------------------------------- worker
-    def _worker_loop(self) -> None:
-        next_allowed = 0.0
-        while not self._stop.is_set():
-            if self._max_rate_hz > 0.0:
-                wait = next_allowed - time.monotonic()
-                if wait > 0.0 and self._stop.wait(wait):
-                    break
-            msg = self._slot.take(timeout=0.2)
-            if msg is None:
-                continue
-            started = time.monotonic()
-            if self._max_rate_hz > 0.0:
-                next_allowed = started + 1.0 / self._max_rate_hz
-            try:
-                self._process(msg)
-            except Exception as err:  # keep serving: one bad inference must not kill the node
-                self._stats.count_error()
-                self.get_logger().error(
-                    f"classification failed: {type(err).__name__}: {one_line(err)}",
-                    throttle_duration_sec=BAD_FRAME_LOG_THROTTLE_S,
-                )
-        self._slot.close()
-
-    def _process(self, msg: Any) -> None:
-        try:
-            rgb = message_to_rgb(msg)
-        except Exception as err:  # any frame the decoder cannot turn into pixels is a bad frame
-            self._stats.count_bad()
-            # ImageDecodeError says why; anything else is a decoder bug, named so it gets fixed.
-            why = one_line(err)
-            if not isinstance(err, ImageDecodeError):
-                why = f"the decoder raised {type(err).__name__}: {why}"
-            self.get_logger().warning(
-                f"bad frame on {self.input_topic} (stamp {msg.header.stamp.sec}."
-                f"{msg.header.stamp.nanosec:09d}): {why}",
-                throttle_duration_sec=BAD_FRAME_LOG_THROTTLE_S,
-            )
-            return
-        classifier = self._classifier  # one reference per frame: a hot swap is atomic
-        top_k, threshold = self._top_k, self._score_threshold
-        started = time.perf_counter()
-        ranked = classifier.classify([rgb], top_k=top_k)[0]
-        inference_ms = (time.perf_counter() - started) * 1000.0
-        results = select_hypotheses(ranked, top_k, threshold)
-        self._result_pub.publish(build_classification(self._output_format, msg.header, results))
-        latency_ms = None  # stamp 0: no capture time, kept out of the latency statistic
-        if not is_unstamped(msg.header.stamp):
-            latency_ms = (self.get_clock().now().nanoseconds - stamp_to_ns(msg.header.stamp)) / 1e6
-        self._stats.count_processed(inference_ms, latency_ms)
-        overlay_pub = self._overlay_pub
-        if self._publish_overlay and overlay_pub and overlay_pub.get_subscription_count() > 0:
-            overlay = Image(header=msg.header, **image_fields(draw_overlay(rgb, results), "rgb8"))
-            overlay_pub.publish(overlay)
+        for camera in self._cameras:
+            camera.match_qos(self)
 
     # ---------------------------------------------------------------- outputs
     def _publish_label_info(self) -> None:
         if self._label_pub is not None:
             header = Header(stamp=self.get_clock().now().to_msg())
             self._label_pub.publish(
-                build_label_info(header, self._classifier.class_names, self._score_threshold)
+                build_label_info(
+                    header, self._classifier.class_names, self._settings.score_threshold
+                )
             )
 
     def _publish_diagnostics(self) -> None:
-        offered = [info.qos_profile for info in self.get_publishers_info_by_topic(self.input_topic)]
         classifier = self._classifier
         status = NodeStatus(
             backend=classifier.backend,
             model=str(classifier.bundle.path),
-            qos=qos_rules.describe(self._input_qos),
-            incompatible_qos_events=self._incompatible_qos_events,
-            incompatible_qos_publishers=qos_rules.count_incompatible(offered, self._input_qos),
             model_reload=self._reload_state,
+            roi_source=self._roi_source,
+            errors=self._pipeline.errors,
+            batch=self._pipeline.batches.snapshot(),
         )
+        fqn = self.get_fully_qualified_name()
+        names = (
+            diagnostics_status_name(fqn),
+            [camera_status_name(fqn, c.name) for c in self._cameras],
+        )
+        reports = [camera.report(self) for camera in self._cameras]
         self._diag_pub.publish(
-            build_diagnostics(
-                diagnostics_status_name(self.get_fully_qualified_name()),
-                self.get_clock().now().to_msg(),
-                self._stats.snapshot(),
-                status,
-            )
+            build_diagnostics(names, self.get_clock().now().to_msg(), status, reports)
         )
-
-    def _ensure_overlay_publisher(self) -> None:
-        if self._publish_overlay and self._overlay_pub is None:
-            self._overlay_pub = self.create_publisher(Image, "classification/overlay", 2)
 
     # ---------------------------------------------------------------- run-time parameters
     def _on_set_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
-        """Apply top_k / score_threshold / max_rate_hz / publish_overlay; queue a model reload.
+        """Apply the run-time parameters (one new `Settings` object); queue a model reload.
 
         Everything that can refuse the set is checked before anything changes.
         """
@@ -339,6 +385,15 @@ class ClassifierNode(Node):
         for name in NODE_OWNED:
             if name in by_name and not self._owned.allowed():
                 return SetParametersResult(successful=False, reason=f"{name} {NODE_OWNED_REFUSAL}")
+        changes: dict[str, Any] = {}
+        if "rois" in by_name:
+            try:
+                rois = fixed_rois(check_number_array("rois", by_name["rois"]))
+            except (RoiConfigError, NodeConfigError) as err:
+                return SetParametersResult(successful=False, reason=one_line(err))
+            if self._roi_source == "fixed" and not rois:
+                return SetParametersResult(successful=False, reason="roi_source fixed needs rois")
+            changes["fixed_rois"] = rois
         new_model = by_name.get("model_path")
         if new_model is not None:
             try:
@@ -350,16 +405,18 @@ class ClassifierNode(Node):
                     f"{self._serving_path!r}"
                 )
                 return SetParametersResult(successful=False, reason=reason)
-        if "top_k" in by_name:
-            self._top_k = int(by_name["top_k"])
+        for name, convert in RUN_TIME_SETTINGS.items():
+            if name in by_name:
+                changes[name] = convert(by_name[name])
+        if changes:
+            self._settings = replace(self._settings, **changes)  # one swap: no half update
         if "score_threshold" in by_name:
-            self._score_threshold = float(by_name["score_threshold"])
             self._publish_label_info()
         if "max_rate_hz" in by_name:
             self._max_rate_hz = float(by_name["max_rate_hz"])
-        if "publish_overlay" in by_name:
-            self._publish_overlay = bool(by_name["publish_overlay"])
-            self._ensure_overlay_publisher()
+        if self._settings.publish_overlay:
+            for camera in self._cameras:
+                camera.ensure_overlay(self, publish_overlay=True)
         if new_model is not None:
             self._request_reload(new_model)
         return SetParametersResult(successful=True)
@@ -391,7 +448,9 @@ class ClassifierNode(Node):
             return  # superseded, or asks for what already serves
         self.get_logger().info(f"loading {model_path!r} in the background")
         try:
-            classifier = load_classifier(model_path, self._backend_choice, self._num_threads)
+            classifier = load_classifier(
+                model_path, self._backend_choice, self._num_threads, self._max_batch()
+            )
         except Exception as err:  # a broken bundle must never stop the serving model
             with self._reload_lock:
                 current = seq == self._reload_seq
@@ -422,12 +481,8 @@ class ClassifierNode(Node):
 
     # ---------------------------------------------------------------- shutdown
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._slot.close()
-        self._reload_requests.close()
-        for thread in (self._worker, self._reloader):
-            if thread.is_alive():
-                thread.join(timeout=5.0)
+        self._deactivate()
+        self._stop_reloads()
         super().destroy_node()
 
 

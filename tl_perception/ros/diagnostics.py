@@ -1,21 +1,29 @@
-"""The node's `/diagnostics` status, built from a `FrameStats` snapshot and a `NodeStatus`.
+"""The node's `/diagnostics`: the node's status and one per camera.
 
 Every WARN condition describes the present, never the past: bad frames *this period*, a
 publisher whose QoS is incompatible *now* (looked up in the graph each period), a hot reload
-whose *current* request failed. Counts since start stay in the values, where history belongs;
-a level that latched on one old event would hide the next real problem behind a stale warning.
+whose *current* request failed, detections that found no image *this period*. Counts since start
+stay in the values, where history belongs; a level that latched on one old event would hide the
+next real problem behind a stale warning.
+
+With one camera (`cameras` empty) there is one status, the node's, holding the camera's values
+too, as before several cameras existed. With cameras, the node's status holds the model, the
+batches and the totals, and each camera has its own status named
+`<node>: image classification (<camera>)`; the node's level is the worst of all.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from tl_perception.ros.stats import StatsSnapshot
+from tl_perception.ros.pairing import PairCounts
+from tl_perception.ros.stats import BatchSnapshot, RoiSnapshot, StatsSnapshot
 
 #: `model_reload` value when no reload is pending and the last request is serving.
 RELOAD_IDLE = "idle"
@@ -23,48 +31,87 @@ RELOAD_IDLE = "idle"
 
 @dataclass(frozen=True)
 class NodeStatus:
-    """What the node reports beside the frame statistics."""
+    """What the node reports beside the cameras' frame statistics."""
 
     backend: str
     model: str  # the serving bundle
-    qos: str
-    incompatible_qos_events: int  # DDS incompatible-QoS events since start
-    incompatible_qos_publishers: int = 0  # publishers on the topic incompatible right now
     model_reload: str = RELOAD_IDLE  # idle | loading <path> | failed <path>: <reason>
+    roi_source: str = "full_frame"
+    errors: int = 0  # unexpected exceptions while classifying (logged)
+    batch: BatchSnapshot = field(default_factory=BatchSnapshot)
 
     @property
     def reload_failed(self) -> bool:
         return self.model_reload.startswith("failed")
 
 
+@dataclass(frozen=True)
+class PairingPeriod:
+    """Pairing counts since start, and what changed during the last period."""
+
+    counts: PairCounts
+    paired: int = 0
+    unpaired_images: int = 0
+    unpaired_detections: int = 0
+
+
+@dataclass(frozen=True)
+class CameraReport:
+    """One camera's period: frame statistics, input QoS, ROIs and pairing (ROI modes only)."""
+
+    name: str  # "" for the single camera of `cameras` empty
+    snap: StatsSnapshot
+    input_topic: str
+    qos: str
+    incompatible_qos_events: int  # DDS incompatible-QoS events since start
+    incompatible_qos_publishers: int = 0  # publishers on the topic incompatible right now
+    rois: RoiSnapshot | None = None
+    pairing: PairingPeriod | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
 def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1f}"
 
 
-def warnings_of(snap: StatsSnapshot, node: NodeStatus) -> list[str]:
-    """The conditions that hold now and deserve WARN, most urgent first."""
+def camera_warnings(camera: CameraReport) -> list[str]:
+    """The camera's conditions that hold now and deserve WARN, most urgent first."""
     found = []
-    if snap.bad_in_period:
-        found.append(f"{snap.bad_in_period} bad frame(s) this period")
-    if node.incompatible_qos_publishers:
-        found.append(f"{node.incompatible_qos_publishers} image publisher(s) with incompatible QoS")
-    if node.reload_failed:
-        found.append(f"hot reload {node.model_reload}; serving {node.model}")
+    if camera.snap.bad_in_period:
+        found.append(f"{camera.snap.bad_in_period} bad frame(s) this period")
+    if camera.incompatible_qos_publishers:
+        found.append(f"{camera.incompatible_qos_publishers} publisher(s) with incompatible QoS")
+    pairing = camera.pairing
+    if pairing is not None and pairing.unpaired_detections:
+        found.append(f"{pairing.unpaired_detections} detection message(s) found no image")
+    elif pairing is not None and pairing.unpaired_images and not pairing.paired:
+        found.append(f"{pairing.unpaired_images} image(s) found no detections, none paired")
     return found
 
 
-def build_diagnostics(
-    status_name: str, stamp: Time, snap: StatsSnapshot, node: NodeStatus
-) -> DiagnosticArray:
-    """One DiagnosticStatus: WARN while one of `warnings_of` holds, else OK."""
-    found = warnings_of(snap, node)
-    if found:
-        level, message = DiagnosticStatus.WARN, "; ".join(found)
-    elif snap.received == 0:
-        level, message = DiagnosticStatus.OK, "waiting for images"
-    else:
-        level = DiagnosticStatus.OK
-        message = f"{snap.processed_rate_hz:.1f} Hz classified of {snap.input_rate_hz:.1f} Hz"
+def node_warnings(node: NodeStatus) -> list[str]:
+    return [f"hot reload {node.model_reload}; serving {node.model}"] if node.reload_failed else []
+
+
+def node_values(node: NodeStatus) -> dict[str, str]:
+    batch = node.batch
+    return {
+        "backend": node.backend,
+        "model": node.model,
+        "model_reload": node.model_reload,
+        "roi_source": node.roi_source,
+        "inference_errors": str(node.errors),
+        "batch_inference_p50_ms": _ms(batch.inference_ms_p50),
+        "batch_inference_p95_ms": _ms(batch.inference_ms_p95),
+        "batch_size_p50": _ms(batch.size_p50),
+        "batch_size_max": str(batch.size_max),
+        "cycle_p50_ms": _ms(batch.cycle_ms_p50),
+        "cycle_p95_ms": _ms(batch.cycle_ms_p95),
+    }
+
+
+def camera_values(camera: CameraReport) -> dict[str, str]:
+    snap = camera.snap
     values = {
         "input_rate_hz": f"{snap.input_rate_hz:.2f}",
         "processed_rate_hz": f"{snap.processed_rate_hz:.2f}",
@@ -73,23 +120,101 @@ def build_diagnostics(
         "dropped_frames": str(snap.dropped),
         "bad_frames": str(snap.bad),
         "unstamped_frames": str(snap.unstamped),
-        "inference_errors": str(snap.errors),
         "inference_latency_p50_ms": _ms(snap.inference_ms_p50),
         "inference_latency_p95_ms": _ms(snap.inference_ms_p95),
         "stamp_to_publish_latency_p50_ms": _ms(snap.latency_ms_p50),
         "stamp_to_publish_latency_p95_ms": _ms(snap.latency_ms_p95),
-        "backend": node.backend,
-        "model": node.model,
-        "model_reload": node.model_reload,
-        "input_qos": node.qos,
-        "incompatible_qos_events": str(node.incompatible_qos_events),
-        "incompatible_qos_publishers": str(node.incompatible_qos_publishers),
+        "input_topic": camera.input_topic,
+        "input_qos": camera.qos,
+        "incompatible_qos_events": str(camera.incompatible_qos_events),
+        "incompatible_qos_publishers": str(camera.incompatible_qos_publishers),
     }
-    status = DiagnosticStatus(
+    if camera.rois is not None:
+        values.update(_roi_values(camera.rois))
+    if camera.pairing is not None:
+        counts = camera.pairing.counts
+        values.update(
+            {
+                "paired_frames": str(counts.paired),
+                "unpaired_images": str(counts.unpaired_images),
+                "unpaired_detections": str(counts.unpaired_detections),
+                "waiting_images": str(counts.waiting_images),
+                "waiting_detections": str(counts.waiting_detections),
+            }
+        )
+    values.update(camera.extra)
+    return values
+
+
+def _roi_values(rois: RoiSnapshot) -> dict[str, str]:
+    values = {
+        "rois_received": str(rois.boxes),
+        "rois_classified": str(rois.classified),
+        "rois_published": str(rois.published),
+        "rois_background": str(rois.background),
+        "rois_over_max": str(rois.over_max),
+    }
+    values.update({f"rois_rejected_{reason}": str(n) for reason, n in rois.rejected.items()})
+    return values
+
+
+def _status(
+    name: str, found: list[str], ok_message: str, values: dict[str, str]
+) -> DiagnosticStatus:
+    level, message = (
+        (DiagnosticStatus.WARN, "; ".join(found))
+        if found
+        else (
+            DiagnosticStatus.OK,
+            ok_message,
+        )
+    )
+    return DiagnosticStatus(
         level=level,
-        name=status_name,
+        name=name,
         message=message,
         hardware_id="",
         values=[KeyValue(key=key, value=value) for key, value in values.items()],
     )
-    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+
+
+def _ok_message(snap: StatsSnapshot) -> str:
+    if snap.received == 0:
+        return "waiting for images"
+    return f"{snap.processed_rate_hz:.1f} Hz classified of {snap.input_rate_hz:.1f} Hz"
+
+
+def build_diagnostics(
+    names: tuple[str, Sequence[str]],
+    stamp: Time,
+    node: NodeStatus,
+    cameras: Sequence[CameraReport],
+) -> DiagnosticArray:
+    """The node's status (and, with named cameras, one per camera): WARN while a warning holds.
+
+    `names`: the node's status name and one status name per camera (ignored for the single
+    unnamed camera, whose values go into the node's status).
+    """
+    node_name, camera_names = names
+    if len(cameras) == 1 and not cameras[0].name:
+        camera = cameras[0]
+        found = camera_warnings(camera) + node_warnings(node)
+        values = {**camera_values(camera), **node_values(node)}
+        statuses = [_status(node_name, found, _ok_message(camera.snap), values)]
+        return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
+    camera_statuses = [
+        _status(name, camera_warnings(camera), _ok_message(camera.snap), camera_values(camera))
+        for name, camera in zip(camera_names, cameras, strict=True)
+    ]
+    warned = [c.name for c in cameras if camera_warnings(c)]
+    found = node_warnings(node) + ([f"camera(s) warn: {', '.join(warned)}"] if warned else [])
+    totals = _totals(cameras)
+    values = {**node_values(node), **totals, "cameras": ", ".join(c.name for c in cameras)}
+    message = f"{len(cameras)} cameras, {totals['processed_frames']} frames classified"
+    statuses = [_status(node_name, found, message, values), *camera_statuses]
+    return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
+
+
+def _totals(cameras: Sequence[CameraReport]) -> dict[str, str]:
+    keys = ("received", "processed", "dropped", "bad", "unstamped")
+    return {f"{key}_frames": str(sum(getattr(c.snap, key) for c in cameras)) for key in keys}

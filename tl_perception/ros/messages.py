@@ -15,12 +15,23 @@ from typing import Any
 from std_msgs.msg import Header, String
 
 from tl_perception.errors import TlPerceptionError
-from tl_perception.ros.results import Hypotheses, classification_dict, classification_json
+from tl_perception.ros.results import (
+    Hypotheses,
+    RoiResult,
+    classification_dict,
+    classification_json,
+    detections_json,
+)
 
 OUTPUT_FORMATS: tuple[str, ...] = ("auto", "vision_msgs", "json")
 # ROS type names of the two `classification` formats, as the graph reports them.
 TYPE_NAMES: dict[str, str] = {
     "vision_msgs": "vision_msgs/msg/Classification",
+    "json": "std_msgs/msg/String",
+}
+# ... and of the two `classified_detections` formats.
+DETECTION_TYPE_NAMES: dict[str, str] = {
+    "vision_msgs": "vision_msgs/msg/Detection2DArray",
     "json": "std_msgs/msg/String",
 }
 
@@ -109,3 +120,90 @@ def build_label_info(header: Header, class_names: Sequence[str], threshold: floa
     ]
     msg.threshold = float(threshold)
     return msg
+
+
+def detections_type(output_format: str) -> type:
+    """The message class published on `classified_detections`."""
+    if output_format == "vision_msgs":
+        from vision_msgs.msg import Detection2DArray
+
+        return Detection2DArray
+    return String
+
+
+def build_detections(output_format: str, header: Header, results: Sequence[RoiResult]) -> Any:
+    """A Detection2DArray (header copied from the image; each detection keeps its id and bbox,
+    its results are the hypotheses) or its JSON twin in a String."""
+    if output_format != "vision_msgs":
+        stamp = header.stamp
+        return String(data=detections_json(stamp.sec, stamp.nanosec, header.frame_id, results))
+    from vision_msgs.msg import Detection2D, Detection2DArray
+
+    msg = Detection2DArray()
+    msg.header = header
+    detections = []
+    for item in results:
+        detection = Detection2D()
+        detection.header = header
+        detection.id = item.roi.id
+        detection.bbox = item.roi.bbox if item.roi.bbox is not None else _bbox(item)
+        detection.results = _hypotheses_with_pose(item.hypotheses)
+        detections.append(detection)
+    msg.detections = detections
+    return msg
+
+
+def _bbox(item: RoiResult) -> Any:
+    from vision_msgs.msg import BoundingBox2D
+
+    bbox = BoundingBox2D()
+    bbox.center.position.x = item.roi.box.center_x
+    bbox.center.position.y = item.roi.box.center_y
+    bbox.center.theta = item.roi.theta
+    bbox.size_x = item.roi.box.size_x
+    bbox.size_y = item.roi.box.size_y
+    return bbox
+
+
+def _hypotheses_with_pose(results: Hypotheses) -> list[Any]:
+    from vision_msgs.msg import ObjectHypothesisWithPose
+
+    out = []
+    for name, score in results:
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = name
+        hypothesis.hypothesis.score = score
+        out.append(hypothesis)
+    return out
+
+
+def detections_to_dict(msg: Any) -> dict[str, Any]:
+    """Either `classified_detections` format -> the JSON twin's dict (see `detections_dict`)."""
+    if isinstance(msg, String):
+        return json.loads(msg.data)
+    stamp = msg.header.stamp
+    return {
+        "header": {
+            "stamp": {"sec": stamp.sec, "nanosec": stamp.nanosec},
+            "frame_id": msg.header.frame_id,
+        },
+        "detections": [
+            {
+                "id": d.id,
+                "bbox": {
+                    "center": {
+                        "x": d.bbox.center.position.x,
+                        "y": d.bbox.center.position.y,
+                        "theta": d.bbox.center.theta,
+                    },
+                    "size_x": d.bbox.size_x,
+                    "size_y": d.bbox.size_y,
+                },
+                "results": [
+                    {"class_id": r.hypothesis.class_id, "score": round(r.hypothesis.score, 6)}
+                    for r in d.results
+                ],
+            }
+            for d in msg.detections
+        ],
+    }

@@ -16,3 +16,8 @@ DIAGNOSTICS_SUFFIX = "image classification"
 def diagnostics_status_name(fully_qualified_name: str) -> str:
     """`/front/classifier` -> `/front/classifier: image classification`."""
     return f"{fully_qualified_name}: {DIAGNOSTICS_SUFFIX}"
+
+
+def camera_status_name(fully_qualified_name: str, camera: str) -> str:
+    """`/classifier`, `front` -> `/classifier: image classification (front)`."""
+    return f"{diagnostics_status_name(fully_qualified_name)} ({camera})"

@@ -13,6 +13,7 @@ on-set callback refuses every write that does not come from the node's own `Node
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +25,12 @@ from rcl_interfaces.msg import (
     ParameterType,
 )
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from tl_perception.inference import BACKENDS
 from tl_perception.ros.messages import OUTPUT_FORMATS, NodeConfigError
 from tl_perception.ros.qos import QOS_MODES
+from tl_perception.ros.rois import ROI_SOURCES
 
 #: The inference backends, defined once in `tl_perception.inference`.
 BACKEND_CHOICES: tuple[str, ...] = BACKENDS
@@ -44,6 +47,10 @@ class Spec:
     int_range: tuple[int, int] | None = None
     float_range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
+    #: "value" (typed by the default), "string_array" or "number_array": arrays whose default
+    #: is empty, which rclpy cannot type from `[]` (it would make them byte arrays); a number
+    #: array takes integers or doubles (`[10, 20, 30, 40]` and `[10.5, ...]` alike).
+    kind: str = "value"
 
 
 PARAMETERS: dict[str, Spec] = {
@@ -103,9 +110,76 @@ PARAMETERS: dict[str, Spec] = {
     ),
     "publish_overlay": Spec(
         False,
-        "Publish `classification/overlay` (the image with label and score drawn) while "
-        "something subscribes to it.",
+        "Publish `classification/overlay` (the image with label and score drawn; in ROI mode "
+        "every classified box with its label) while something subscribes to it.",
         dynamic=True,
+    ),
+    "cameras": Spec(
+        [],
+        "Camera names; for each name N the node subscribes `N/image` (or `N/image/compressed`) "
+        "and, with roi_source detections, `N/detections`, and publishes `N/classification` or "
+        "`N/classified_detections`. The newest frame of every camera goes through one batched "
+        "inference. Empty: one camera on `image`.",
+        kind="string_array",
+    ),
+    "batch_wait_s": Spec(
+        0.005,
+        "Several cameras: after a frame arrives, wait up to this many seconds for the cameras "
+        "whose previous frame came within this time of it (cameras in step, e.g. hardware-"
+        "triggered), so their frames share one inference; cameras not in step are never waited "
+        "for. 0 = never wait.",
+        dynamic=True,
+        float_range=(0.0, 0.1),
+    ),
+    "roi_source": Spec(
+        "full_frame",
+        "What is classified: full_frame (the whole image, on `classification`), detections "
+        "(the boxes of the vision_msgs/Detection2DArray on `detections` with the image's stamp) "
+        "or fixed (the `rois` boxes); ROIs are published on `classified_detections`.",
+        choices=ROI_SOURCES,
+    ),
+    "sync_tolerance_s": Spec(
+        0.0,
+        "roi_source detections: pair an image with the detections whose stamp is nearest "
+        "within this many seconds; 0 = the same stamp exactly. Keep it under half the frame "
+        "period.",
+        float_range=(0.0, 1.0),
+    ),
+    "sync_queue": Spec(
+        10,
+        "roi_source detections: messages of each kind kept waiting for their partner; the "
+        "oldest is dropped (counted as unpaired) when more wait.",
+        int_range=(1, 1000),
+    ),
+    "rois": Spec(
+        [],
+        "roi_source fixed: boxes as x, y, w, h, x, y, w, h, ... in pixels (top-left corner, "
+        "width, height), ids roi0, roi1, ...",
+        dynamic=True,
+        kind="number_array",
+    ),
+    "max_rois": Spec(
+        32,
+        "Classify at most this many ROIs per frame (in message order); the rest are dropped "
+        "and counted.",
+        dynamic=True,
+        int_range=(1, 1024),
+    ),
+    "publish_background": Spec(
+        False,
+        "Publish ROIs whose best class is background_label too (otherwise they are left out "
+        "of classified_detections and only counted).",
+        dynamic=True,
+    ),
+    "background_label": Spec(
+        "background",
+        "The class name that means 'no object here' (extract --negatives writes it).",
+        dynamic=True,
+    ),
+    "batch_rois": Spec(
+        True,
+        "Classify all ROIs of all cameras in one batched inference. false runs one inference "
+        "per ROI: a benchmark baseline only (bench/bench_node_rois.py).",
     ),
 }
 
@@ -126,6 +200,8 @@ def descriptor(name: str, spec: Spec) -> ParameterDescriptor:
     if spec.choices:
         text += f" One of: {', '.join(spec.choices)}."
     desc = ParameterDescriptor(name=name, description=text, read_only=not spec.dynamic)
+    if spec.kind == "number_array":
+        desc.dynamic_typing = True  # integers or doubles; checked by check_number_array
     if spec.int_range is not None:
         desc.integer_range = [
             IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=1)
@@ -146,12 +222,36 @@ def declare_all(node: Node) -> dict[str, Any]:
     values = {}
     for name, spec in PARAMETERS.items():
         try:
-            param = node.declare_parameter(name, spec.default, descriptor(name, spec))
+            param = node.declare_parameter(name, _declared(spec), descriptor(name, spec))
         except (InvalidParameterTypeException, InvalidParameterValueException) as err:
             raise NodeConfigError(f"parameter {name}: {err}") from err
         values[name] = param.value
+        if spec.kind == "number_array":
+            values[name] = check_number_array(name, param.value)
+        elif spec.kind == "string_array":
+            values[name] = [] if param.value is None else list(param.value)
         check_choice(name, param.value)
     return values
+
+
+def _declared(spec: Spec) -> Any:
+    """What `declare_parameter` gets: the default, or the type of an array that starts empty."""
+    if spec.kind == "string_array":
+        return Parameter.Type.STRING_ARRAY
+    if spec.kind == "number_array":
+        return None  # dynamic typing: integer or double arrays
+    return spec.default
+
+
+def check_number_array(name: str, value: Any) -> list[float]:
+    """An integer or double array parameter as floats (unset: []); anything else refused."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, array.array)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        return [float(v) for v in value]
+    raise NodeConfigError(f"parameter {name} must be an array of numbers, got {value!r}")
 
 
 def declare_node_owned(node: Node, class_names: Sequence[str], serving_model_path: str) -> None:

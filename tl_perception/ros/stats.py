@@ -11,8 +11,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -41,6 +41,86 @@ class LatestFrameSlot(Generic[T]):
                 self._cond.wait(timeout)
             item, self._item = self._item, None
             return item
+
+    def close(self) -> None:
+        """Wake a waiting worker so it can stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class LatestFrames(Generic[T]):
+    """One latest-frame slot per camera behind one condition: `take_all` hands the worker the
+    newest item of every camera that has one, so all of them go through one batched inference.
+
+    Cameras in step (hardware-triggered, or driven by one clock) deliver their frames within a
+    millisecond or two of each other; a worker that woke on the first would classify it alone
+    and the others in a second cycle. `take_all(gather_s=...)` therefore waits, at most
+    `gather_s` after the first frame, for the cameras whose previous frame came within
+    `gather_s` of the previous frame of a camera that has one now. Cameras not in step (their
+    frames spread over the period) are never waited for, and a camera that stops is not waited
+    for after one period. With one camera it behaves exactly like `LatestFrameSlot`.
+    """
+
+    def __init__(self, count: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._items: list[T | None] = [None] * count
+        self._arrived = [-math.inf] * count  # monotonic time of each camera's newest put
+        self._previous = [-math.inf] * count  # ... and of the put before it
+        self._monotonic = monotonic
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, index: int, item: T) -> bool:
+        """Store camera `index`'s newest item; True when it replaced one never taken (a drop)."""
+        now = self._monotonic()
+        with self._cond:
+            replaced = self._items[index] is not None
+            self._items[index] = item
+            self._previous[index], self._arrived[index] = self._arrived[index], now
+            self._cond.notify()
+            return replaced
+
+    def take_all(self, timeout: float, gather_s: float = 0.0) -> list[tuple[int, T]]:
+        """(camera index, item) for every camera with an item, in camera order; [] after
+        `timeout` seconds or once closed. The slots are empty afterwards."""
+        with self._cond:
+            if not self._closed and all(item is None for item in self._items):
+                self._cond.wait(timeout)
+            if gather_s > 0.0 and len(self._items) > 1:
+                self._gather(gather_s)
+            taken = [(i, item) for i, item in enumerate(self._items) if item is not None]
+            for i, _item in taken:
+                self._items[i] = None
+            return taken
+
+    def _gather(self, gather_s: float) -> None:
+        """Wait (condition held) for the missing cameras in step with a present one."""
+        present = [i for i, item in enumerate(self._items) if item is not None]
+        if not present:
+            return
+        deadline = min(self._arrived[i] for i in present) + gather_s
+        while not self._closed:
+            present = [i for i, item in enumerate(self._items) if item is not None]
+            missing = [i for i, item in enumerate(self._items) if item is None]
+            expected = [
+                m
+                for m in missing
+                if any(abs(self._arrived[m] - self._previous[p]) <= gather_s for p in present)
+            ]
+            remaining = deadline - self._monotonic()
+            if not expected or remaining <= 0.0:
+                return
+            self._cond.wait(remaining)
+
+    def discard(self, index: int) -> None:
+        """Empty camera `index`'s slot (its inputs were closed)."""
+        with self._cond:
+            self._items[index] = None
+
+    def wake(self) -> None:
+        """Return a waiting `take_all` at once (empty-handed), e.g. to stop the worker."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Wake a waiting worker so it can stop."""
@@ -100,6 +180,12 @@ class FrameStats:
             self.received += 1
             self.dropped += int(dropped_one)
 
+    def count_dropped(self) -> None:
+        """A frame replaced before the worker took it, counted apart from its arrival (ROI
+        mode: the pair is made when its second message arrives, not with the image)."""
+        with self._lock:
+            self.dropped += 1
+
     def count_bad(self) -> None:
         with self._lock:
             self.bad += 1
@@ -146,3 +232,115 @@ class FrameStats:
                 bad_in_period=self.bad - bad,
                 unstamped=self.unstamped,
             )
+
+
+@dataclass(frozen=True)
+class FrameRois:
+    """What became of one frame's ROIs (boxes = classified + over_max + rejected)."""
+
+    boxes: int
+    classified: int
+    published: int
+    background: int  # classified with the background class as best
+    over_max: int  # beyond max_rois, not classified
+    rejected: Mapping[str, int]  # crop.REASONS -> boxes not cropped
+
+
+@dataclass(frozen=True)
+class RoiSnapshot:
+    """ROI counts since start, per camera."""
+
+    boxes: int = 0
+    classified: int = 0
+    published: int = 0
+    background: int = 0
+    over_max: int = 0
+    rejected: Mapping[str, int] = field(default_factory=dict)
+
+
+class RoiStats:
+    """Thread-safe ROI counters: the worker adds, the diagnostics timer reads."""
+
+    def __init__(self, reasons: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self._totals = [0, 0, 0, 0, 0]
+        self._rejected = dict.fromkeys(reasons, 0)
+
+    def add(self, frame: FrameRois) -> None:
+        with self._lock:
+            for i, value in enumerate(
+                (frame.boxes, frame.classified, frame.published, frame.background, frame.over_max)
+            ):
+                self._totals[i] += value
+            for reason, count in frame.rejected.items():
+                self._rejected[reason] = self._rejected.get(reason, 0) + count
+
+    def snapshot(self) -> RoiSnapshot:
+        with self._lock:
+            boxes, classified, published, background, over_max = self._totals
+            return RoiSnapshot(
+                boxes, classified, published, background, over_max, dict(self._rejected)
+            )
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    """Over the last calls: inference ms, batch size, and the whole cycle (take -> published)."""
+
+    inference_ms_p50: float = math.nan
+    inference_ms_p95: float = math.nan
+    size_p50: float = math.nan
+    size_max: int = 0
+    cycle_ms_p50: float = math.nan
+    cycle_ms_p95: float = math.nan
+
+
+class BatchStats:
+    """Per cycle (all crops of all cameras in one inference call): the call's time and size,
+    and the cycle's whole time from taking the frames to the last publish."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._ms: deque[float] = deque(maxlen=window)
+        self._sizes: deque[int] = deque(maxlen=window)
+        self._cycles: deque[float] = deque(maxlen=window)
+
+    def add(self, inference_ms: float, size: int) -> None:
+        with self._lock:
+            self._ms.append(inference_ms)
+            self._sizes.append(size)
+
+    def add_cycle(self, cycle_ms: float) -> None:
+        with self._lock:
+            self._cycles.append(cycle_ms)
+
+    def snapshot(self) -> BatchSnapshot:
+        with self._lock:
+            return BatchSnapshot(
+                inference_ms_p50=percentile(self._ms, 50),
+                inference_ms_p95=percentile(self._ms, 95),
+                size_p50=percentile(self._sizes, 50),
+                size_max=max(self._sizes, default=0),
+                cycle_ms_p50=percentile(self._cycles, 50),
+                cycle_ms_p95=percentile(self._cycles, 95),
+            )
+
+
+class Throttle:
+    """At most one `ready` per key every `period_s` (per-camera log throttling: rclpy's own
+    throttle is per call site, so one camera's warnings would silence another's)."""
+
+    def __init__(self, period_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._period = period_s
+        self._monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def ready(self, key: str) -> bool:
+        now = self._monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._period:
+                return False
+            self._last[key] = now
+            return True

@@ -1,0 +1,314 @@
+"""The classification pipeline of the node, apart from the Node class: gather -> decode -> crop ->
+one batched inference -> results -> publish, once per cycle, for every camera with a new frame.
+
+A cycle takes the newest frame (or image + detections pair) of every camera that has one from
+the shared `LatestFrames` board, decodes each image, lists its ROIs (`full_frame`: the frame
+itself; `fixed`: the `rois` parameter; `detections`: the paired Detection2DArray, the first
+`max_rois` of them), cuts them with `crop.crop_batch` under the serving bundle's crop policy,
+classifies *all* crops of *all* cameras in one `Classifier.classify` call (its backends run a
+batch without re-allocating tensors), and publishes each camera's result with that camera's
+header. Bad frames and bad boxes are counted per camera and never raise.
+
+`Pipeline` needs only a `PipelineContext` (the serving classifier, the current settings, the ROS
+clock and a logger) and the cameras, so a plain Node and a LifecycleNode can both drive it;
+`Worker` is the thread that runs cycles (started on activate, stopped on deactivate).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sensor_msgs.msg import Image
+
+from tl_perception.crop import CropError, CropPolicy, crop_batch
+from tl_perception.errors import ImageDecodeError, one_line
+from tl_perception.images import image_fields, message_to_rgb
+from tl_perception.ros.camera import Camera
+from tl_perception.ros.messages import build_classification, build_detections
+from tl_perception.ros.overlay import draw_overlay, draw_rois
+from tl_perception.ros.pairing import Pair
+from tl_perception.ros.results import Hypotheses, RoiResult, select_hypotheses
+from tl_perception.ros.rois import Roi, detection_rois, policy_for
+from tl_perception.ros.stats import BatchStats, FrameRois, LatestFrames, Throttle
+from tl_perception.stamps import is_unstamped, stamp_to_ns
+
+LOG_THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run-time parameters one cycle uses; the node swaps in a new object on a change, so a
+    cycle never sees half an update."""
+
+    roi_source: str = "full_frame"
+    top_k: int = 5
+    score_threshold: float = 0.0
+    max_rois: int = 32
+    publish_background: bool = False
+    background_label: str = "background"
+    publish_overlay: bool = False
+    batch_rois: bool = True  # False: one inference per ROI (benchmark baseline only)
+    fixed_rois: tuple[Roi, ...] = ()
+    batch_wait_s: float = 0.005  # LatestFrames.take_all's gather_s (several cameras in step)
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """What the pipeline reads from its node, as callables (read once per cycle)."""
+
+    classifier: Callable[[], Any]  # the serving Classifier (a hot reload swaps it)
+    settings: Callable[[], Settings]
+    now_ns: Callable[[], int]  # the node's ROS clock
+    logger: Any
+
+
+@dataclass
+class _Job:
+    """One camera's frame in this cycle: its decoded pixels, its ROIs and their crops."""
+
+    camera: Camera
+    image: Any
+    rgb: np.ndarray
+    rois: list[Roi] = field(default_factory=list)  # the cropped ones, in crop order
+    crops: list[np.ndarray] = field(default_factory=list)
+    counts: FrameRois | None = None  # ROI modes only
+
+
+class Pipeline:
+    """One cycle at a time over all cameras; counters per camera, batch statistics per node."""
+
+    def __init__(
+        self, cameras: Sequence[Camera], frames: LatestFrames[Any], context: PipelineContext
+    ) -> None:
+        self.cameras = list(cameras)
+        self.frames = frames
+        self.context = context
+        self.batches = BatchStats()
+        self.errors = 0
+        self._throttle = Throttle(LOG_THROTTLE_S)
+
+    def cycle(self, timeout: float) -> int:
+        """Wait up to `timeout` s for frames, then `process` them; the number of frames."""
+        return self.process(self.frames.take_all(timeout))
+
+    def process(self, taken: Sequence[tuple[int, Any]]) -> int:
+        """Classify the frames `LatestFrames.take_all` gave (camera index, image or Pair) in
+        one inference and publish each camera's result; the number of frames classified."""
+        if not taken:
+            return 0
+        started = time.perf_counter()
+        classifier = self.context.classifier()  # one reference per cycle: a hot swap is atomic
+        settings = self.context.settings()
+        policy = policy_for(classifier.bundle)
+        jobs = []
+        for index, item in taken:
+            job = self._prepare(self.cameras[index], item, settings, policy)
+            if job is not None:
+                jobs.append(job)
+        if not jobs:
+            return 0
+        ranked, inference_ms = self._classify(classifier, jobs, settings)
+        start = 0
+        for job in jobs:
+            count = len(job.crops)
+            self._publish(job, ranked[start : start + count], inference_ms, settings)
+            start += count
+        self.batches.add_cycle((time.perf_counter() - started) * 1000.0)
+        return len(jobs)
+
+    # ------------------------------------------------------------ gather, decode, crop
+    def _prepare(
+        self, camera: Camera, item: Any, settings: Settings, policy: CropPolicy
+    ) -> _Job | None:
+        image, detections = (
+            (item.image, item.detections) if isinstance(item, Pair) else (item, None)
+        )
+        rgb = self._decode(camera, image)
+        if rgb is None:
+            return None
+        job = _Job(camera, image, rgb)
+        if settings.roi_source == "full_frame":
+            job.crops = [rgb]
+            return job
+        if detections is None:
+            total, considered = len(settings.fixed_rois), list(settings.fixed_rois)
+        else:
+            total = len(detections.detections)
+            considered = detection_rois(detections, settings.max_rois)
+        considered = considered[: settings.max_rois]
+        try:
+            batch = crop_batch(rgb, [roi.box for roi in considered], policy)
+        except CropError as err:  # not an HxWx3 frame: the decoder's contract broken
+            self._bad_frame(camera, image, f"cannot crop: {one_line(err)}")
+            return None
+        job.crops = batch.crops
+        job.rois = [considered[i] for i in batch.kept]
+        over_max = total - len(considered)
+        if over_max:
+            self._warn(
+                camera,
+                "max_rois",
+                f"{total} ROIs in one frame, classified the first {settings.max_rois} "
+                f"(max_rois); {over_max} dropped (counted as rois_over_max)",
+            )
+        job.counts = FrameRois(
+            boxes=total,
+            classified=len(job.crops),
+            published=0,
+            background=0,
+            over_max=over_max,
+            rejected=batch.rejected_counts(),
+        )
+        return job
+
+    def _decode(self, camera: Camera, image: Any) -> np.ndarray | None:
+        try:
+            return message_to_rgb(image)
+        except Exception as err:  # any frame the decoder cannot turn into pixels is a bad frame
+            # ImageDecodeError says why; anything else is a decoder bug, named so it gets fixed.
+            why = one_line(err)
+            if not isinstance(err, ImageDecodeError):
+                why = f"the decoder raised {type(err).__name__}: {why}"
+            self._bad_frame(camera, image, why)
+            return None
+
+    def _bad_frame(self, camera: Camera, image: Any, why: str) -> None:
+        camera.stats.count_bad()
+        topic = camera.image_input.topic if camera.image_input else camera.topics.image
+        stamp = image.header.stamp
+        self._warn(
+            camera, "bad", f"bad frame on {topic} (stamp {stamp.sec}.{stamp.nanosec:09d}): {why}"
+        )
+
+    def _warn(self, camera: Camera, what: str, text: str) -> None:
+        if self._throttle.ready(f"{camera.index}:{what}"):
+            self.context.logger.warning(text)
+
+    # ------------------------------------------------------------ inference
+    def _classify(
+        self, classifier: Any, jobs: list[_Job], settings: Settings
+    ) -> tuple[list[list[tuple[str, float]]], float]:
+        """All crops of all jobs in one call (or one call per crop, the baseline)."""
+        images = [crop for job in jobs for crop in job.crops]
+        if not images:
+            return [], 0.0
+        started = time.perf_counter()
+        if settings.batch_rois or len(images) == 1:
+            ranked = classifier.classify(images, top_k=settings.top_k)
+        else:
+            ranked = [classifier.classify([image], top_k=settings.top_k)[0] for image in images]
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        self.batches.add(inference_ms, len(images))
+        return ranked, inference_ms
+
+    # ------------------------------------------------------------ results and publishing
+    def _publish(
+        self, job: _Job, ranked: list[list[tuple[str, float]]], inference_ms: float, s: Settings
+    ) -> None:
+        camera, header = job.camera, job.image.header
+        publisher = camera.result_pub
+        if publisher is None:  # the camera was closed during this cycle
+            return
+        fmt = camera.config.output_format
+        results: Hypotheses = []
+        roi_results: list[RoiResult] = []
+        if s.roi_source == "full_frame":
+            results = select_hypotheses(ranked[0], s.top_k, s.score_threshold)
+            publisher.publish(build_classification(fmt, header, results))
+        else:
+            roi_results = self._roi_results(job, ranked, s)
+            publisher.publish(build_detections(fmt, header, roi_results))
+        latency_ms = None  # stamp 0: no capture time, kept out of the latency statistic
+        if not is_unstamped(header.stamp):
+            latency_ms = (self.context.now_ns() - stamp_to_ns(header.stamp)) / 1e6
+        camera.stats.count_processed(inference_ms, latency_ms)
+        overlay_pub = camera.overlay_pub
+        if s.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count():
+            if s.roi_source == "full_frame":
+                picture = draw_overlay(job.rgb, results)
+            else:
+                picture = draw_rois(job.rgb, roi_results)
+            overlay_pub.publish(Image(header=header, **image_fields(picture, "rgb8")))
+
+    def _roi_results(
+        self, job: _Job, ranked: list[list[tuple[str, float]]], s: Settings
+    ) -> list[RoiResult]:
+        """Hypotheses per ROI; background ROIs left out unless `publish_background`."""
+        out, background = [], 0
+        for roi, hypotheses in zip(job.rois, ranked, strict=True):
+            is_background = bool(hypotheses) and hypotheses[0][0] == s.background_label
+            background += is_background
+            if is_background and not s.publish_background:
+                continue
+            out.append(RoiResult(roi, select_hypotheses(hypotheses, s.top_k, s.score_threshold)))
+        if job.counts is not None and job.camera.rois is not None:
+            counts = job.counts
+            job.camera.rois.add(
+                FrameRois(
+                    counts.boxes,
+                    counts.classified,
+                    len(out),
+                    background,
+                    counts.over_max,
+                    counts.rejected,
+                )
+            )
+        return out
+
+
+class Worker:
+    """The one classification thread: runs `Pipeline.cycle` until `stop`.
+
+    `max_rate_hz()` > 0 makes it wait between cycles; frames replaced meanwhile count as dropped.
+    An unexpected exception in a cycle is counted (`pipeline.errors`) and logged, never fatal.
+    """
+
+    def __init__(self, pipeline: Pipeline, max_rate_hz: Callable[[], float]) -> None:
+        self._pipeline = pipeline
+        self._max_rate_hz = max_rate_hz
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="classify", daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._pipeline.frames.wake()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+        self._thread = None
+
+    def _loop(self) -> None:
+        next_allowed = 0.0
+        pipeline = self._pipeline
+        while not self._stop.is_set():
+            rate = self._max_rate_hz()
+            if rate > 0.0:
+                wait = next_allowed - time.monotonic()
+                if wait > 0.0 and self._stop.wait(wait):
+                    break
+            gather_s = pipeline.context.settings().batch_wait_s
+            taken = pipeline.frames.take_all(timeout=0.2, gather_s=gather_s)
+            if not taken or self._stop.is_set():
+                continue
+            if rate > 0.0:
+                next_allowed = time.monotonic() + 1.0 / rate
+            try:
+                pipeline.process(taken)
+            except Exception as err:  # keep serving: one bad inference must not kill the node
+                pipeline.errors += 1
+                pipeline.context.logger.error(
+                    f"classification failed: {type(err).__name__}: {one_line(err)}",
+                    throttle_duration_sec=LOG_THROTTLE_S,
+                )
