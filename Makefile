@@ -40,10 +40,13 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tl-perception demo
 
-bench: $(STAMP)  # results go to docs/performance.md by hand; each takes 2-4 minutes
+bench: $(STAMP)  # results go to docs/performance.md by hand; each takes 2-5 minutes
 	$(BIN)/python bench/bench_node.py
 	$(BIN)/python bench/bench_extract.py
 	$(BIN)/python bench/bench_feature_cache.py
+	$(BIN)/python bench/bench_node_rois.py
+	$(BIN)/python bench/bench_node_cameras.py
+	$(BIN)/python bench/bench_smoothing.py
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info
