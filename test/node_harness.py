@@ -42,6 +42,9 @@ from tl_perception.ros.names import diagnostics_status_name
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = Path(sys.executable).parent / "classifier_node"
+#: Overrides for tests that check each frame's own classification: no smoothing, no hysteresis
+#: (the node's defaults, ema + switch_frames 2, are tested in test_node_temporal.py).
+RAW_LABELS: dict[str, Any] = {"smoothing": "none", "switch_frames": 1}
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:

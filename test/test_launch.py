@@ -72,7 +72,29 @@ def test_launch_file_declares_the_documented_arguments() -> None:
         "detections",
         "namespace",
         "log_level",
+        "autostart",
     }
+
+
+def test_autostart_argument_defaults_like_the_parameter_and_is_passed_as_a_bool() -> None:
+    """`autostart:=false` must reach the node as the bool parameter, not the string "false"."""
+    tree = _launch_tree()
+    defaults = {
+        node.args[0].value: kw.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
+        for kw in node.keywords
+        if kw.arg == "default_value" and isinstance(kw.value, ast.Constant)
+    }
+    assert defaults["autostart"] == str(PARAMETERS["autostart"].default).lower() == "true"
+    typed = {
+        call.args[0].args[0].value: call.keywords[0].value.id
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and getattr(call.func, "id", "") == "ParameterValue"
+        and isinstance(call.args[0], ast.Call)
+    }
+    assert typed["autostart"] == "bool" and typed["model_path"] == "str"
 
 
 def test_default_params_file_exists_and_setup_py_installs_it() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from helpers import color_image, make_color_bundle
 from node_harness import (
+    RAW_LABELS,
     Probe,
     compressed_image,
     node_in_process,
@@ -28,7 +29,7 @@ from tl_perception.images import image_fields
 def raw_node(color_bundle: Path) -> Iterator[tuple[Any, Probe]]:
     """One node on raw images plus a probe, shared by the read-only tests of this module."""
     with (
-        node_in_process({"model_path": str(color_bundle)}, namespace="/raw") as node,
+        node_in_process({**RAW_LABELS, "model_path": str(color_bundle)}, namespace="/raw") as node,
         probe(namespace="/raw") as p,
     ):
         p.wait_for_subscriber(p.image_pub)
@@ -136,7 +137,7 @@ def test_diagnostics_report_rates_latency_backend_and_model(
 
 
 def test_compressed_jpeg_and_png_are_classified(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "image_transport": "compressed"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "image_transport": "compressed"}
     with node_in_process(overrides, namespace="/jpg") as node, probe(namespace="/jpg") as p:
         assert node.input_topic == "/jpg/image/compressed"
         p.wait_for_subscriber(p.compressed_pub)
@@ -158,7 +159,7 @@ def test_compressed_jpeg_and_png_are_classified(color_bundle: Path) -> None:
 
 def test_run_time_parameters_change_the_output(color_bundle: Path) -> None:
     with (
-        node_in_process({"model_path": str(color_bundle)}, namespace="/rt") as node,
+        node_in_process({**RAW_LABELS, "model_path": str(color_bundle)}, namespace="/rt") as node,
         probe(namespace="/rt") as p,
     ):
         p.wait_for_subscriber(p.image_pub)
@@ -188,7 +189,7 @@ def test_run_time_parameters_change_the_output(color_bundle: Path) -> None:
 
 
 def test_overlay_is_published_when_enabled_and_subscribed(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "publish_overlay": True}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "publish_overlay": True}
     with node_in_process(overrides, namespace="/ov"), probe(namespace="/ov") as p:
         p.wait_for_subscriber(p.image_pub)
         p.publish_until_result(
@@ -211,7 +212,7 @@ def test_hot_reload_swaps_to_a_good_bundle_and_refuses_broken_ones(
     color_bundle: Path, reordered_bundle: Path, tmp_path: Path
 ) -> None:
     with (
-        node_in_process({"model_path": str(color_bundle)}, namespace="/hot") as node,
+        node_in_process({**RAW_LABELS, "model_path": str(color_bundle)}, namespace="/hot") as node,
         probe(namespace="/hot") as p,
     ):
         p.wait_for_subscriber(p.image_pub)
@@ -250,7 +251,7 @@ def test_hot_reload_swaps_to_a_good_bundle_and_refuses_broken_ones(
 
 def test_qos_auto_hears_a_best_effort_camera(color_bundle: Path) -> None:
     with (
-        node_in_process({"model_path": str(color_bundle)}, namespace="/be"),
+        node_in_process({**RAW_LABELS, "model_path": str(color_bundle)}, namespace="/be"),
         probe(namespace="/be", reliability=ReliabilityPolicy.BEST_EFFORT) as p,
     ):
         p.wait_for_subscriber(p.image_pub)
@@ -262,7 +263,7 @@ def test_qos_auto_hears_a_best_effort_camera(color_bundle: Path) -> None:
 
 
 def test_reliable_qos_against_a_best_effort_camera_is_reported(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "qos": "reliable"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "qos": "reliable"}
     with (
         node_in_process(overrides, namespace="/rel") as node,
         probe(namespace="/rel", reliability=ReliabilityPolicy.BEST_EFFORT) as p,
@@ -287,7 +288,7 @@ def test_large_vga_frame_is_classified(raw_node: tuple[Any, Probe]) -> None:
 
 def test_unstamped_frames_do_not_ruin_the_latency_statistic(color_bundle: Path) -> None:
     """Stamp 0 (a driver that never sets it) would add ~1.7e12 ms to stamp-to-publish latency."""
-    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
         node_in_process(overrides, namespace="/st0"),
         probe(namespace="/st0", output_format="json") as p,
@@ -317,7 +318,12 @@ def test_unstamped_frames_do_not_ruin_the_latency_statistic(color_bundle: Path) 
 
 
 def test_incompatible_qos_warns_only_while_the_publisher_is_there(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "qos": "reliable", "output_format": "json"}
+    overrides = {
+        **RAW_LABELS,
+        "model_path": str(color_bundle),
+        "qos": "reliable",
+        "output_format": "json",
+    }
     with (
         node_in_process(overrides, namespace="/qw") as node,
         probe(
@@ -339,7 +345,7 @@ def test_incompatible_qos_warning_ends_once_qos_auto_rematched(color_bundle: Pat
     from rclpy.qos import QoSProfile
     from sensor_msgs.msg import Image
 
-    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
         node_in_process(overrides, namespace="/qa") as node,
         probe(namespace="/qa", output_format="json") as p,
@@ -403,7 +409,7 @@ def test_a_failing_reload_never_overwrites_a_later_request(
     color_bundle: Path, reordered_bundle: Path, tmp_path: Path
 ) -> None:
     corrupt = _broken_network(color_bundle, tmp_path / "corrupt")
-    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
         node_in_process(overrides, namespace="/race"),
         probe(namespace="/race", output_format="json") as p,
@@ -431,7 +437,7 @@ def test_the_last_model_path_request_wins(
 ) -> None:
     slow = tmp_path / "slow"  # no model.tflite: loading it converts (hundreds of ms)
     shutil.copytree(reordered_bundle, slow, ignore=shutil.ignore_patterns("model.tflite*"))
-    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
         node_in_process(overrides, namespace="/last"),
         probe(namespace="/last", output_format="json") as p,
@@ -463,7 +469,7 @@ def test_hot_reload_of_every_broken_bundle_keeps_the_old_model_serving(
     marker = tmp_path / "foreign_code_ran"
     broken = broken_bundles(color_bundle, tmp_path / "cases", marker, make_other_shapes(tmp_path))
     broken["lambda_layer"], lambda_marker = make_lambda_bundle(tmp_path / "lambda")
-    overrides = {"model_path": str(color_bundle), "output_format": "json"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
         node_in_process(overrides, namespace="/fuzzhot") as node,
         probe(namespace="/fuzzhot", output_format="json") as p,

@@ -10,6 +10,7 @@ import pytest
 from helpers import color_image
 from node_bundles import patch_frame
 from node_harness import (
+    RAW_LABELS,
     compressed_image,
     detection_array,
     node_in_process,
@@ -23,7 +24,12 @@ from tl_perception.errors import TlPerceptionError
 
 
 def test_two_cameras_publishing_at_once_get_their_own_results(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "cameras": ["front", "rear"], "qos": "reliable"}
+    overrides = {
+        **RAW_LABELS,
+        "model_path": str(color_bundle),
+        "cameras": ["front", "rear"],
+        "qos": "reliable",
+    }
     with (
         node_in_process(overrides, namespace="/two") as node,
         probe(namespace="/two", cameras=["front", "rear"]) as p,
@@ -71,6 +77,7 @@ def test_rois_of_all_cameras_go_through_one_batched_inference(color_bundle: Path
     max_rate_hz 2 the worker finds both cameras' pairs waiting and classifies their 5 crops in
     one inference (the node's batch_size_max shows it)."""
     overrides = {
+        **RAW_LABELS,
         "model_path": str(color_bundle),
         "cameras": ["left", "right"],
         "roi_source": "detections",
@@ -129,6 +136,7 @@ def test_rois_of_all_cameras_go_through_one_batched_inference(color_bundle: Path
 
 def test_a_bad_frame_warns_only_its_own_camera(color_bundle: Path) -> None:
     overrides = {
+        **RAW_LABELS,
         "model_path": str(color_bundle),
         "cameras": ["a", "b"],
         "image_transport": "compressed",

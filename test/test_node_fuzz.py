@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import COLORS, color_image
-from node_harness import Probe, node_in_process, probe, wait_until
+from node_harness import RAW_LABELS, Probe, node_in_process, probe, wait_until
 from sensor_msgs.msg import CompressedImage, Image
 
 from tl_perception.images import ENCODABLE, image_fields, rgb_to_compressed
@@ -306,7 +306,12 @@ def run_storm(node: Any, p: Probe, pub: Any, cases: Iterator[Case]) -> None:
 
 
 def test_raw_image_storm(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "output_format": "json", "publish_overlay": True}
+    overrides = {
+        **RAW_LABELS,
+        "model_path": str(color_bundle),
+        "output_format": "json",
+        "publish_overlay": True,
+    }
     with (
         node_in_process(overrides, namespace="/fuzzraw") as node,
         probe(namespace="/fuzzraw", output_format="json") as p,
@@ -316,7 +321,7 @@ def test_raw_image_storm(color_bundle: Path) -> None:
 
 
 def test_compressed_image_storm(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "image_transport": "compressed"}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "image_transport": "compressed"}
     with (
         node_in_process(overrides, namespace="/fuzzjpg") as node,
         probe(namespace="/fuzzjpg") as p,

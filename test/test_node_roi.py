@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from node_bundles import make_pixel_bundle, patch_frame
 from node_harness import (
+    RAW_LABELS,
     Probe,
     detection_array,
     node_in_process,
@@ -50,7 +51,12 @@ COLOURS = ["red", "green", "blue"]
 def roi_node(color_bundle: Path) -> Iterator[tuple[Any, Probe]]:
     """One node with roi_source detections (exact stamps) and its probe; reliable QoS, so a
     single message is delivered once the publisher sees the node."""
-    overrides = {"model_path": str(color_bundle), "roi_source": "detections", "qos": "reliable"}
+    overrides = {
+        **RAW_LABELS,
+        "model_path": str(color_bundle),
+        "roi_source": "detections",
+        "qos": "reliable",
+    }
     with node_in_process(overrides, namespace="/roi") as node, probe(namespace="/roi") as p:
         p.wait_for_subscriber(p.image_pub)
         p.wait_for_subscriber(p.detections_pub)
@@ -213,6 +219,7 @@ def test_bad_boxes_and_bad_frames_are_counted_and_the_node_goes_on(
 
 def test_approximate_pairing_within_sync_tolerance(color_bundle: Path) -> None:
     overrides = {
+        **RAW_LABELS,
         "model_path": str(color_bundle),
         "roi_source": "detections",
         "qos": "reliable",
@@ -236,6 +243,7 @@ def test_approximate_pairing_within_sync_tolerance(color_bundle: Path) -> None:
 
 def test_fixed_rois_with_the_json_twin(color_bundle: Path) -> None:
     overrides = {
+        **RAW_LABELS,
         "model_path": str(color_bundle),
         "roi_source": "fixed",
         "rois": [10, 10, 40, 40, 60, 10, 40, 40],
@@ -334,6 +342,7 @@ def test_the_node_classifies_exactly_the_crop_extract_wrote(tmp_path: Path) -> N
     classifier = Classifier(bundle)
     expected = classifier.predict_proba(pngs)
     overrides = {
+        **RAW_LABELS,
         "model_path": str(bundle),
         "roi_source": "detections",
         "qos": "reliable",
@@ -375,6 +384,7 @@ def test_a_bundle_without_crop_policy_crops_boxes_exactly(tmp_path: Path) -> Non
     exact = frame[20:50, 30:40]  # x 30, y 20, w 10, h 30
     expected = Classifier(bundle).predict_proba([exact])[0]
     overrides = {
+        **RAW_LABELS,
         "model_path": str(bundle),
         "roi_source": "fixed",
         "rois": [30, 20, 10, 30],

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import color_image, make_color_bundle
-from node_harness import node_in_process, probe, raw_image, wait_until
+from node_harness import RAW_LABELS, node_in_process, probe, raw_image, wait_until
 from rclpy.parameter import Parameter
 
 from tl_perception.ros.messages import resolve_output_format, vision_msgs_available
@@ -169,7 +169,7 @@ def two_class_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vision_node(color_bundle: Path) -> Iterator[Any]:
     """A node with the default `output_format` (auto) and top_k 2, score_threshold 0.0."""
     require_vision_msgs()
-    overrides = {"model_path": str(color_bundle), "top_k": 2}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "top_k": 2}
     with node_in_process(overrides, namespace="/vm") as node:
         yield node
 
@@ -232,7 +232,7 @@ def test_hot_reload_to_other_classes_republishes_label_info(
 
 
 def test_json_output_on_request(color_bundle: Path) -> None:
-    overrides = {"model_path": str(color_bundle), "output_format": "json", "top_k": 1}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json", "top_k": 1}
     with (
         node_in_process(overrides, namespace="/js") as node,
         probe(namespace="/js", output_format="json") as p,
@@ -288,7 +288,7 @@ def test_demo_collector_records_either_format(
         require_vision_msgs()
     colors = ["red", "red", "blue", "green"]
     bag = write_color_bag(tmp_path / "drive", colors, "/cam")
-    overrides = {"model_path": str(color_bundle), "output_format": output_format}
+    overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": output_format}
     with node_in_process(overrides, namespace="/live"):
         result = run_live(
             bag,

@@ -23,7 +23,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 from tl_perception.ros.pairing import PairCounts
-from tl_perception.ros.stats import BatchSnapshot, RoiSnapshot, StatsSnapshot
+from tl_perception.ros.stats import BatchSnapshot, ExtraStatus, RoiSnapshot, StatsSnapshot
 
 #: `model_reload` value when no reload is pending and the last request is serving.
 RELOAD_IDLE = "idle"
@@ -39,6 +39,8 @@ class NodeStatus:
     roi_source: str = "full_frame"
     errors: int = 0  # unexpected exceptions while classifying (logged)
     batch: BatchSnapshot = field(default_factory=BatchSnapshot)
+    extra: ExtraStatus = field(default_factory=ExtraStatus)  # labels, unknown, capture
+    lifecycle_state: str = "active"  # inactive: configured, nothing subscribed or published
 
     @property
     def reload_failed(self) -> bool:
@@ -90,7 +92,8 @@ def camera_warnings(camera: CameraReport) -> list[str]:
 
 
 def node_warnings(node: NodeStatus) -> list[str]:
-    return [f"hot reload {node.model_reload}; serving {node.model}"] if node.reload_failed else []
+    found = [f"hot reload {node.model_reload}; serving {node.model}"] if node.reload_failed else []
+    return found + list(node.extra.warnings)
 
 
 def node_values(node: NodeStatus) -> dict[str, str]:
@@ -100,6 +103,7 @@ def node_values(node: NodeStatus) -> dict[str, str]:
         "model": node.model,
         "model_reload": node.model_reload,
         "roi_source": node.roi_source,
+        "lifecycle_state": node.lifecycle_state,
         "inference_errors": str(node.errors),
         "batch_inference_p50_ms": _ms(batch.inference_ms_p50),
         "batch_inference_p95_ms": _ms(batch.inference_ms_p95),
@@ -107,6 +111,7 @@ def node_values(node: NodeStatus) -> dict[str, str]:
         "batch_size_max": str(batch.size_max),
         "cycle_p50_ms": _ms(batch.cycle_ms_p50),
         "cycle_p95_ms": _ms(batch.cycle_ms_p95),
+        **node.extra.values,
     }
 
 
@@ -200,7 +205,8 @@ def build_diagnostics(
         camera = cameras[0]
         found = camera_warnings(camera) + node_warnings(node)
         values = {**camera_values(camera), **node_values(node)}
-        statuses = [_status(node_name, found, _ok_message(camera.snap), values)]
+        message = _node_message(node, _ok_message(camera.snap))
+        statuses = [_status(node_name, found, message, values)]
         return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
     camera_statuses = [
         _status(name, camera_warnings(camera), _ok_message(camera.snap), camera_values(camera))
@@ -210,7 +216,9 @@ def build_diagnostics(
     found = node_warnings(node) + ([f"camera(s) warn: {', '.join(warned)}"] if warned else [])
     totals = _totals(cameras)
     values = {**node_values(node), **totals, "cameras": ", ".join(c.name for c in cameras)}
-    message = f"{len(cameras)} cameras, {totals['processed_frames']} frames classified"
+    message = _node_message(
+        node, f"{len(cameras)} cameras, {totals['processed_frames']} frames classified"
+    )
     statuses = [_status(node_name, found, message, values), *camera_statuses]
     return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
 
@@ -218,3 +226,31 @@ def build_diagnostics(
 def _totals(cameras: Sequence[CameraReport]) -> dict[str, str]:
     keys = ("received", "processed", "dropped", "bad", "unstamped")
     return {f"{key}_frames": str(sum(getattr(c.snap, key) for c in cameras)) for key in keys}
+
+
+def _node_message(node: NodeStatus, active_message: str) -> str:
+    """The node's OK message; an inactive node says so first (a node that "does nothing" until
+    someone activates it is a known lifecycle surprise)."""
+    if node.lifecycle_state == "active":
+        return active_message
+    return f"{node.lifecycle_state}: model loaded, inputs not subscribed, nothing published"
+
+
+def build_unconfigured_diagnostics(
+    name: str, stamp: Time, model_path: str, configure_error: str = ""
+) -> DiagnosticArray:
+    """An unconfigured node's status: OK while it waits for configure, ERROR after a configure
+    failed (nothing can serve until the cause is fixed), with the reason."""
+    level, message = DiagnosticStatus.OK, "unconfigured: waiting for configure"
+    if configure_error:
+        level = DiagnosticStatus.ERROR
+        message = f"unconfigured: configure failed: {configure_error}"
+    values = {"lifecycle_state": "unconfigured", "model_path": model_path}
+    status = DiagnosticStatus(
+        level=level,
+        name=name,
+        message=message,
+        hardware_id="",
+        values=[KeyValue(key=key, value=value) for key, value in values.items()],
+    )
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])

@@ -27,7 +27,9 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from tl_perception import smoothing
 from tl_perception.inference import BACKENDS
+from tl_perception.ros.labels import UNKNOWN_FROM_BUNDLE
 from tl_perception.ros.messages import OUTPUT_FORMATS, NodeConfigError
 from tl_perception.ros.qos import QOS_MODES
 from tl_perception.ros.rois import ROI_SOURCES
@@ -54,6 +56,12 @@ class Spec:
 
 
 PARAMETERS: dict[str, Spec] = {
+    "autostart": Spec(
+        True,
+        "Walk the lifecycle to active at start-up (configure, then activate), as a plain node "
+        "starts. false: stay unconfigured until a lifecycle manager (or `ros2 lifecycle set`) "
+        "drives the transitions.",
+    ),
     "model_path": Spec(
         "",
         "Model bundle directory (written by `tl-perception finetune`). Setting it at run time "
@@ -181,6 +189,66 @@ PARAMETERS: dict[str, Spec] = {
         "Classify all ROIs of all cameras in one batched inference. false runs one inference "
         "per ROI: a benchmark baseline only (bench/bench_node_rois.py).",
     ),
+    # Steady labels (tl_perception/smoothing.py; defaults measured in docs/performance.md).
+    "smoothing": Spec(
+        smoothing.DEFAULT_MODE,
+        "Scores published per stream (a camera in full_frame mode, a camera and track id in ROI "
+        "mode): ema (an exponential moving average of the class probabilities) or none (each "
+        "frame's own). Changing it forgets every stream's state.",
+        dynamic=True,
+        choices=smoothing.SMOOTHING_MODES,
+    ),
+    "smoothing_alpha": Spec(
+        smoothing.DEFAULT_ALPHA,
+        "smoothing ema: the weight of the newest frame (1.0 = no memory).",
+        dynamic=True,
+        float_range=(0.01, 1.0),
+    ),
+    "switch_frames": Spec(
+        smoothing.DEFAULT_SWITCH_FRAMES,
+        "The published class changes only after another class has led the (smoothed) scores "
+        "for this many consecutive frames; 1 = at once. Applies with smoothing none too.",
+        dynamic=True,
+        int_range=(1, 100),
+    ),
+    "track_timeout_s": Spec(
+        smoothing.DEFAULT_TRACK_TIMEOUT_S,
+        "A stream (camera, or track id in ROI mode) not seen for this many seconds of stamp "
+        "time is forgotten and starts afresh.",
+        dynamic=True,
+        float_range=(0.01, 3600.0),
+    ),
+    "unknown_threshold": Spec(
+        UNKNOWN_FROM_BUNDLE,
+        "A frame or ROI whose published class scores below this is published as class "
+        "`unknown` (score 1 - that score). -1.0 (any negative): the value the bundle recorded "
+        "on its validation split (a bundle without one: never unknown); 0.0: never unknown.",
+        dynamic=True,
+        float_range=(-1.0, 1.0),
+    ),
+    # Hard-frame capture (tl_perception/capture.py, docs/capture.md).
+    "capture_dir": Spec(
+        "",
+        "Keep the frames (ROI mode: the crops) the model found hard in this directory, a "
+        "dataset in the extraction format (train/unlabeled/ + manifest.csv) for "
+        "`tl-perception label` and `merge`. Empty: no capture.",
+    ),
+    "capture_below": Spec(
+        0.5,
+        "capture_dir: a frame or crop whose best score (the model's own, unsmoothed) is below "
+        "this is hard.",
+        float_range=(0.01, 1.0),
+    ),
+    "capture_max_per_minute": Spec(
+        30,
+        "capture_dir: at most this many images in any 60 s (wall time); more are counted.",
+        int_range=(1, 100000),
+    ),
+    "capture_max_total": Spec(
+        1000,
+        "capture_dir: at most this many images in the directory, earlier runs included.",
+        int_range=(1, 100000000),
+    ),
 }
 
 #: Set by the node from the serving bundle, never by the user (see the module docstring).
@@ -275,6 +343,14 @@ def declare_node_owned(node: Node, class_names: Sequence[str], serving_model_pat
             ),
             ignore_override=True,
         )
+
+
+def check_choices(values: dict[str, Any]) -> None:
+    """Raise NodeConfigError for any run-time value outside its parameter's choices (rclpy
+    checks types and ranges, not string choices)."""
+    for name, value in values.items():
+        if name in PARAMETERS:
+            check_choice(name, value)
 
 
 def check_choice(name: str, value: Any) -> None:

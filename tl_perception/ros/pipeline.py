@@ -9,6 +9,11 @@ classifies *all* crops of *all* cameras in one `Classifier.classify` call (its b
 batch without re-allocating tensors), and publishes each camera's result with that camera's
 header. Bad frames and bad boxes are counted per camera and never raise.
 
+Between inference and publishing, each frame's (ROI's) probabilities go through the label stage
+(`labels.LabelStage`: smoothing per camera, or per camera and track id, and the unknown rule) and
+`results.label_hypotheses` (the published class first); frames or crops the model found hard
+are offered to the hard-frame capture (`hard_frames.HardFrames`, a queue: no I/O here).
+
 `Pipeline` needs only a `PipelineContext` (the serving classifier, the current settings, the ROS
 clock and a logger) and the cameras, so a plain Node and a LifecycleNode can both drive it;
 `Worker` is the thread that runs cycles (started on activate, stopped on deactivate).
@@ -18,23 +23,45 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sensor_msgs.msg import Image
 
+from tl_perception.capture import CaptureItem
 from tl_perception.crop import CropError, CropPolicy, crop_batch
 from tl_perception.errors import ImageDecodeError, one_line
 from tl_perception.images import image_fields, message_to_rgb
 from tl_perception.ros.camera import Camera
+from tl_perception.ros.hard_frames import HardFrames
+from tl_perception.ros.labels import (
+    UNKNOWN_FROM_BUNDLE,
+    LabelStage,
+    UnknownThreshold,
+    describe_smoothing,
+    effective_unknown_threshold,
+)
 from tl_perception.ros.messages import build_classification, build_detections
 from tl_perception.ros.overlay import draw_overlay, draw_rois
 from tl_perception.ros.pairing import Pair
-from tl_perception.ros.results import Hypotheses, RoiResult, select_hypotheses
+from tl_perception.ros.results import (
+    Hypotheses,
+    HypothesisRule,
+    Label,
+    RoiResult,
+    label_hypotheses,
+)
 from tl_perception.ros.rois import Roi, detection_rois, policy_for
-from tl_perception.ros.stats import BatchStats, FrameRois, LatestFrames, Throttle
+from tl_perception.ros.stats import BatchStats, ExtraStatus, FrameRois, LatestFrames, Throttle
+from tl_perception.smoothing import (
+    DEFAULT_ALPHA,
+    DEFAULT_MODE,
+    DEFAULT_SWITCH_FRAMES,
+    DEFAULT_TRACK_TIMEOUT_S,
+    SmoothingConfig,
+)
 from tl_perception.stamps import is_unstamped, stamp_to_ns
 
 LOG_THROTTLE_S = 5.0
@@ -55,6 +82,35 @@ class Settings:
     batch_rois: bool = True  # False: one inference per ROI (benchmark baseline only)
     fixed_rois: tuple[Roi, ...] = ()
     batch_wait_s: float = 0.005  # LatestFrames.take_all's gather_s (several cameras in step)
+    smoothing: str = DEFAULT_MODE
+    smoothing_alpha: float = DEFAULT_ALPHA
+    switch_frames: int = DEFAULT_SWITCH_FRAMES
+    track_timeout_s: float = DEFAULT_TRACK_TIMEOUT_S
+    unknown_threshold: float = UNKNOWN_FROM_BUNDLE  # < 0: the bundle's; 0: never unknown
+
+    def smoothing_config(self) -> SmoothingConfig:
+        return SmoothingConfig(
+            self.smoothing, self.smoothing_alpha, self.switch_frames, self.track_timeout_s
+        )
+
+    def unknown(self, bundle: Any) -> UnknownThreshold:
+        """The unknown threshold in force with `bundle` serving."""
+        return effective_unknown_threshold(self.unknown_threshold, bundle.unknown_threshold)
+
+
+#: The run-time parameters of the label stage that live in `Settings`, with their conversion.
+LABEL_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "smoothing": str,
+    "smoothing_alpha": float,
+    "switch_frames": int,
+    "track_timeout_s": float,
+    "unknown_threshold": float,
+}
+
+
+def label_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `Settings` fields of `LABEL_SETTINGS` from the declared parameters."""
+    return {name: convert(config[name]) for name, convert in LABEL_SETTINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -65,6 +121,7 @@ class PipelineContext:
     settings: Callable[[], Settings]
     now_ns: Callable[[], int]  # the node's ROS clock
     logger: Any
+    hard_frames: HardFrames | None = None  # the capture (None: never captures)
 
 
 @dataclass
@@ -78,6 +135,20 @@ class _Job:
     crops: list[np.ndarray] = field(default_factory=list)
     counts: FrameRois | None = None  # ROI modes only
 
+    @property
+    def stamp_s(self) -> float:
+        stamp = self.image.header.stamp
+        return stamp.sec + stamp.nanosec * 1e-9
+
+
+@dataclass(frozen=True)
+class _Cycle:
+    """What every frame of one cycle is judged by: settings, model and the publishing rule."""
+
+    settings: Settings
+    classifier: Any
+    rule: HypothesisRule
+
 
 class Pipeline:
     """One cycle at a time over all cameras; counters per camera, batch statistics per node."""
@@ -90,7 +161,10 @@ class Pipeline:
         self.context = context
         self.batches = BatchStats()
         self.errors = 0
+        self.labels = LabelStage()
+        self.unknown_published = 0  # frames and ROIs published as unknown
         self._throttle = Throttle(LOG_THROTTLE_S)
+        self._smoothing: tuple[Settings | None, SmoothingConfig | None] = (None, None)
 
     def cycle(self, timeout: float) -> int:
         """Wait up to `timeout` s for frames, then `process` them; the number of frames."""
@@ -112,14 +186,45 @@ class Pipeline:
                 jobs.append(job)
         if not jobs:
             return 0
-        ranked, inference_ms = self._classify(classifier, jobs, settings)
+        probs, inference_ms = self._classify(classifier, jobs, settings)
+        cycle = self._begin(settings, classifier)
         start = 0
         for job in jobs:
             count = len(job.crops)
-            self._publish(job, ranked[start : start + count], inference_ms, settings)
+            self._publish(job, probs[start : start + count], inference_ms, cycle)
+            self._capture(job, probs[start : start + count], cycle)
             start += count
+        self.labels.end()
         self.batches.add_cycle((time.perf_counter() - started) * 1000.0)
         return len(jobs)
+
+    def _begin(self, settings: Settings, classifier: Any) -> _Cycle:
+        """The cycle's rule; the label stage forgets its state on new settings or a new model."""
+        last_settings, config = self._smoothing
+        if config is None or settings is not last_settings:
+            config = settings.smoothing_config()
+            self._smoothing = (settings, config)
+        self.labels.begin(config, classifier)
+        rule = HypothesisRule(
+            settings.top_k, settings.score_threshold, settings.unknown(classifier.bundle).value
+        )
+        return _Cycle(settings, classifier, rule)
+
+    def report(self) -> ExtraStatus:
+        """/diagnostics values of labels, the unknown threshold and the capture (timer thread)."""
+        settings = self.context.settings()
+        unknown = settings.unknown(self.context.classifier().bundle)
+        values = {
+            "smoothing": describe_smoothing(settings.smoothing_config()),
+            "smoothed_tracks": str(self.labels.tracked),
+            "unknown_threshold": unknown.describe(),
+            "unknown_published": str(self.unknown_published),
+        }
+        capture = self.context.hard_frames
+        if capture is None:
+            return ExtraStatus(values)
+        report = capture.report()
+        return ExtraStatus({**values, **report.values}, report.warnings)
 
     # ------------------------------------------------------------ gather, decode, crop
     def _prepare(
@@ -192,25 +297,24 @@ class Pipeline:
     # ------------------------------------------------------------ inference
     def _classify(
         self, classifier: Any, jobs: list[_Job], settings: Settings
-    ) -> tuple[list[list[tuple[str, float]]], float]:
-        """All crops of all jobs in one call (or one call per crop, the baseline)."""
+    ) -> tuple[np.ndarray, float]:
+        """(N, C) probabilities of all crops of all jobs from one call (or one call per crop,
+        the baseline); smoothing needs every class's score, not only the top k."""
         images = [crop for job in jobs for crop in job.crops]
         if not images:
-            return [], 0.0
+            return np.zeros((0, len(classifier.class_names)), np.float32), 0.0
         started = time.perf_counter()
         if settings.batch_rois or len(images) == 1:
-            ranked = classifier.classify(images, top_k=settings.top_k)
+            probs = classifier.predict_proba(images)
         else:
-            ranked = [classifier.classify([image], top_k=settings.top_k)[0] for image in images]
+            probs = np.concatenate([classifier.predict_proba([image]) for image in images])
         inference_ms = (time.perf_counter() - started) * 1000.0
         self.batches.add(inference_ms, len(images))
-        return ranked, inference_ms
+        return probs, inference_ms
 
     # ------------------------------------------------------------ results and publishing
-    def _publish(
-        self, job: _Job, ranked: list[list[tuple[str, float]]], inference_ms: float, s: Settings
-    ) -> None:
-        camera, header = job.camera, job.image.header
+    def _publish(self, job: _Job, probs: np.ndarray, inference_ms: float, cycle: _Cycle) -> None:
+        camera, header, s = job.camera, job.image.header, cycle.settings
         publisher = camera.result_pub
         if publisher is None:  # the camera was closed during this cycle
             return
@@ -218,10 +322,10 @@ class Pipeline:
         results: Hypotheses = []
         roi_results: list[RoiResult] = []
         if s.roi_source == "full_frame":
-            results = select_hypotheses(ranked[0], s.top_k, s.score_threshold)
+            results = self._label(job, "frame", probs[0], cycle).hypotheses
             publisher.publish(build_classification(fmt, header, results))
         else:
-            roi_results = self._roi_results(job, ranked, s)
+            roi_results = self._roi_results(job, probs, cycle)
             publisher.publish(build_detections(fmt, header, roi_results))
         latency_ms = None  # stamp 0: no capture time, kept out of the latency statistic
         if not is_unstamped(header.stamp):
@@ -235,17 +339,29 @@ class Pipeline:
                 picture = draw_rois(job.rgb, roi_results)
             overlay_pub.publish(Image(header=header, **image_fields(picture, "rgb8")))
 
-    def _roi_results(
-        self, job: _Job, ranked: list[list[tuple[str, float]]], s: Settings
-    ) -> list[RoiResult]:
-        """Hypotheses per ROI; background ROIs left out unless `publish_background`."""
+    def _label(self, job: _Job, key: str | None, row: np.ndarray, cycle: _Cycle) -> Label:
+        """One frame's or ROI's published label: smoothed for stream `key` (None: not), the
+        published class first, `unknown` below the threshold."""
+        smoothed = self.labels.smooth(job.camera.index, key, row, job.stamp_s)
+        names = cycle.classifier.class_names
+        label = label_hypotheses(smoothed.scores, names, smoothed.first, cycle.rule)
+        self.unknown_published += label.unknown
+        return label
+
+    def _roi_results(self, job: _Job, probs: np.ndarray, cycle: _Cycle) -> list[RoiResult]:
+        """Hypotheses per ROI, smoothed per track id (a detection without an id is not);
+        background ROIs (the published class is `background_label`) left out unless
+        `publish_background`. An unknown ROI is published: it is no background."""
+        s = cycle.settings
+        self.labels.forget(job.camera.index, job.stamp_s)
         out, background = [], 0
-        for roi, hypotheses in zip(job.rois, ranked, strict=True):
-            is_background = bool(hypotheses) and hypotheses[0][0] == s.background_label
+        for roi, row in zip(job.rois, probs, strict=True):
+            label = self._label(job, roi.id or None, row, cycle)
+            is_background = label.name == s.background_label
             background += is_background
             if is_background and not s.publish_background:
                 continue
-            out.append(RoiResult(roi, select_hypotheses(hypotheses, s.top_k, s.score_threshold)))
+            out.append(RoiResult(roi, label.hypotheses))
         if job.counts is not None and job.camera.rois is not None:
             counts = job.counts
             job.camera.rois.add(
@@ -259,6 +375,33 @@ class Pipeline:
                 )
             )
         return out
+
+    def _capture(self, job: _Job, probs: np.ndarray, cycle: _Cycle) -> None:
+        """Offer each frame (full frame) or crop (ROI modes, the crops just classified) with
+        the model's own top class and score for it, unsmoothed: what the model made of these
+        pixels. Never blocks: the capture queues or counts."""
+        capture = self.context.hard_frames
+        if capture is None or not capture.enabled or not len(probs):
+            return
+        image, names = job.image, cycle.classifier.class_names
+        stamp = (int(image.header.stamp.sec), int(image.header.stamp.nanosec))
+        topic = job.camera.image_input.topic if job.camera.image_input else ""
+        encoding = str(getattr(image, "encoding", "") or getattr(image, "format", ""))
+        best = np.argmax(probs, axis=1)
+        rois: list[Roi | None] = list(job.rois) if job.rois else [None]
+        for crop, roi, row, top in zip(job.crops, rois, probs, best, strict=True):
+            item = CaptureItem(
+                crop,
+                job.camera.name,
+                stamp,
+                str(names[top]),
+                float(row[top]),
+                box=roi.box if roi is not None else None,
+                track=roi.id if roi is not None else "",
+                topic=topic,
+                encoding=encoding,
+            )
+            capture.offer(item, cycle.classifier.bundle)
 
 
 class Worker:

@@ -2,6 +2,10 @@
 
 The JSON fallback uses exactly the field names of `vision_msgs/msg/Classification`, so a consumer
 can switch between the two formats by changing only how it parses.
+
+`label_hypotheses` turns one (smoothed) score vector into what is published: the published class
+first (while the smoother holds a class it is not the top score), then the others best first,
+or `unknown` first when the published class scores below the unknown threshold.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tl_perception.ros.rois import Roi
 
 Hypotheses = list[tuple[str, float]]
+#: The class published when the best score is below the unknown threshold. It is no class of
+#: the model, so it has no index and is not in LabelInfo's class_map.
+UNKNOWN_LABEL = "unknown"
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,59 @@ def select_hypotheses(
     return [(str(name), float(score)) for name, score in ordered if score >= score_threshold][
         :top_k
     ]
+
+
+@dataclass(frozen=True)
+class HypothesisRule:
+    """What one cycle publishes per frame or ROI: `top_k`, `score_threshold`, and the effective
+    unknown threshold (None: never unknown)."""
+
+    top_k: int
+    score_threshold: float = 0.0
+    unknown_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Label:
+    """One frame's or ROI's answer: the published class (or `UNKNOWN_LABEL`) and its hypotheses.
+
+    `name` is the decision even when `score_threshold` left no hypothesis, so a caller can tell a
+    background ROI from one that scored low.
+    """
+
+    name: str
+    hypotheses: Hypotheses
+
+    @property
+    def unknown(self) -> bool:
+        return self.name == UNKNOWN_LABEL
+
+
+def label_hypotheses(
+    scores: np.ndarray, class_names: Sequence[str], first: int, rule: HypothesisRule
+) -> Label:
+    """The hypotheses of one (C,) score vector whose published class is `first`.
+
+    `first` leads even when another class scores higher (the smoother holds it), then the rest
+    follow best first (ties: lower index first, like `Classifier.classify`). When `first` scores
+    below `rule.unknown_threshold`, `unknown` with score 1 - that score leads and the class
+    hypotheses follow it, so a consumer still sees what the model leaned to. `score_threshold`
+    leaves out class hypotheses scoring lower; if it leaves out `first`, no class hypothesis is
+    published at all, so the one after it can never stand in for a held class.
+    """
+    best = float(scores[first])
+    unknown = rule.unknown_threshold is not None and best < rule.unknown_threshold
+    name = UNKNOWN_LABEL if unknown else str(class_names[first])
+    head: Hypotheses = [(UNKNOWN_LABEL, 1.0 - best)] if unknown else []
+    room = rule.top_k - len(head)
+    if room <= 0 or best < rule.score_threshold:
+        return Label(name, head)
+    order = np.argsort(-scores, kind="stable")[: room + 1]
+    picked = [first, *[int(i) for i in order if i != first][: room - 1]]
+    tail = [
+        (str(class_names[i]), float(scores[i])) for i in picked if scores[i] >= rule.score_threshold
+    ]
+    return Label(name, head + tail)
 
 
 def classification_dict(

@@ -326,6 +326,15 @@ class BatchStats:
             )
 
 
+@dataclass(frozen=True)
+class ExtraStatus:
+    """More values for the node's /diagnostics status, and the warnings that hold now (labels,
+    unknown threshold, capture)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
 class Throttle:
     """At most one `ready` per key every `period_s` (per-camera log throttling: rclpy's own
     throttle is per call site, so one camera's warnings would silence another's)."""

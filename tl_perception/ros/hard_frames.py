@@ -1,0 +1,203 @@
+"""The node's hard-frame capture: `tl_perception.capture.HardFrameCapture` tied to the node's life.
+
+Opened when the node activates (it reads the directory, takes its lock and hashes model.keras:
+never on the hot path), closed on deactivate and on shutdown (it writes what is queued and
+releases the directory), reopened with the new bundle after a hot reload. The worker only calls
+`offer`, which never blocks and never does I/O. Frames are captured whole in full-frame mode;
+in ROI mode the crops the pipeline cut (the bundle's crop policy, or the exact box for a bundle
+without one, which is then recorded as the capture's policy: crops are never whole frames).
+
+A capture that cannot be reopened after a reload (e.g. the new bundle cuts crops with another
+policy than the directory holds) is logged as an error and stays off, shown in /diagnostics
+(WARN), until a later reload or the next activate opens it; classification goes on.
+
+ROS-free (the logger is any object with `info`, `warning` and `error`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tl_perception.bundle import Bundle
+from tl_perception.capture import (
+    COUNT_KEYS,
+    CaptureConfig,
+    CaptureContext,
+    CaptureError,
+    CaptureItem,
+    HardFrameCapture,
+)
+from tl_perception.errors import TlPerceptionError, one_line
+from tl_perception.ros.rois import policy_for
+from tl_perception.ros.stats import ExtraStatus
+
+CLOSE_TIMEOUT_S = 5.0
+#: Counters that describe the directory now rather than add up over the node's life.
+_NOT_SUMMED = ("existing", "pending")
+
+
+@dataclass(frozen=True)
+class CaptureParams:
+    """The `capture_*` parameters (read at configure)."""
+
+    directory: str = ""  # empty: capture off
+    capture_below: float = 0.5
+    max_per_minute: int = 30
+    max_total: int = 1000
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CaptureParams:
+        return cls(
+            directory=str(config["capture_dir"]),
+            capture_below=float(config["capture_below"]),
+            max_per_minute=int(config["capture_max_per_minute"]),
+            max_total=int(config["capture_max_total"]),
+        )
+
+    def to_config(self) -> CaptureConfig | None:
+        """The capture's config (None: off); CaptureError with one line for bad settings."""
+        if not self.directory:
+            return None
+        return CaptureConfig(
+            Path(self.directory), self.capture_below, self.max_per_minute, self.max_total
+        )
+
+
+class HardFrames:
+    """The node's capture: `open` / `reopen` / `close` from the node, `offer` from the worker."""
+
+    def __init__(self, params: CaptureParams, roi_mode: bool, logger: Any) -> None:
+        """Raises CaptureError for bad settings (so a bad parameter stops start-up)."""
+        self._config = params.to_config()
+        self._roi_mode = roi_mode
+        self._logs = logger
+        self._lock = threading.Lock()  # the counters and the swap (worker, timer threads)
+        self._life = threading.Lock()  # open / reopen / close (executor and reload threads)
+        self._wanted = False  # open between activate and deactivate
+        # The open capture and the bundle it records, swapped as one reference (the worker reads
+        # it without a lock).
+        self._active: tuple[HardFrameCapture, Bundle] | None = None
+        self._failed = ""  # why the capture is off although it was asked for
+        self._closed_counts: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
+        self._errors_reported = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether `capture_dir` asks for a capture (it may still be closed or have failed)."""
+        return self._config is not None
+
+    @property
+    def capture_below(self) -> float:
+        return self._config.capture_below if self._config is not None else 0.0
+
+    def open(self, serving: Callable[[], Bundle]) -> None:
+        """Open for the bundle `serving()` returns (activate); it is asked under the lock that
+        `reopen` takes, so a hot reload racing the activate always ends with the new bundle.
+        Raises CaptureError (or DatasetError) when the directory cannot be used, so the
+        transition fails with that line."""
+        if self._config is None:
+            return
+        with self._life:
+            self._close_active()  # the directory's lock is one writer's
+            bundle = serving()
+            capture = self._make(bundle)
+            self._swap((capture, bundle), "")
+            self._wanted = True
+        self._logs.info(
+            f"capturing hard {'crops' if self._roi_mode else 'frames'} (best score < "
+            f"{self._config.capture_below:g}) into {str(capture.directory)!r}"
+        )
+
+    def reopen(self, bundle: Bundle) -> None:
+        """After a hot reload, while open (or failed at an earlier reload): close, then open for
+        the new bundle. A failure turns the capture off (logged as an error), never raises."""
+        if self._config is None:
+            return
+        with self._life:
+            if not self._wanted:
+                return  # inactive: the next activate opens it for the bundle serving then
+            self._close_active()
+            try:
+                capture = self._make(bundle)
+            except TlPerceptionError as err:
+                reason = one_line(err)
+                self._swap(None, reason)
+                self._logs.error(f"hard-frame capture is off after the model reload: {reason}")
+                return
+            self._swap((capture, bundle), "")
+        self._logs.info(f"hard-frame capture reopened for {str(bundle.path)!r}")
+
+    def close(self) -> None:
+        """Write what is queued and release the directory (deactivate, cleanup, shutdown);
+        idempotent."""
+        with self._life:
+            self._wanted = False
+            self._close_active()
+            self._swap(None, "")
+
+    def _close_active(self) -> None:
+        with self._lock:
+            active, self._active = self._active, None
+        if active is None:
+            return
+        capture = active[0]
+        if not capture.close(timeout=CLOSE_TIMEOUT_S):
+            self._logs.warning(
+                f"hard-frame capture: {capture.counts()['pending']} image(s) still being "
+                f"written to {str(capture.directory)!r} after {CLOSE_TIMEOUT_S:g} s"
+            )
+        counts = capture.counts()
+        with self._lock:
+            for key in COUNT_KEYS:
+                if key not in _NOT_SUMMED:
+                    self._closed_counts[key] += counts[key]
+
+    def offer(self, item: CaptureItem, bundle: Bundle) -> bool:
+        """Hot path: queue `item` if it is hard and the limits allow; never blocks. An item of
+        another bundle than the capture's (a reload in between) is not offered."""
+        active = self._active
+        if active is None or bundle is not active[1]:
+            return False
+        return active[0].offer(item)
+
+    def report(self) -> ExtraStatus:
+        """Values `capture`, `capture_<counter>`; WARN while capture failed or disk errors came
+        during the last period."""
+        if self._config is None:
+            return ExtraStatus({"capture": "off"})
+        with self._lock:
+            capture = self._active[0] if self._active is not None else None
+            failed = self._failed
+            totals = dict(self._closed_counts)
+        now = capture.counts() if capture is not None else {"pending": 0, "existing": 0}
+        for key, value in now.items():
+            totals[key] = value if key in _NOT_SUMMED else totals.get(key, 0) + value
+        if failed:
+            state = f"off: {failed}"
+        else:
+            state = str(capture.directory) if capture is not None else "closed"
+        values = {"capture": state, **{f"capture_{k}": str(v) for k, v in totals.items()}}
+        warnings = [f"capture {state}"] if failed else []
+        new_errors = totals["write_errors"] - self._errors_reported
+        self._errors_reported = totals["write_errors"]
+        if new_errors > 0:
+            warnings.append(f"{new_errors} capture write error(s) this period")
+        return ExtraStatus(values, tuple(warnings))
+
+    def _make(self, bundle: Bundle) -> HardFrameCapture:
+        assert self._config is not None
+        try:
+            context = CaptureContext.from_bundle(bundle)
+        except OSError as err:
+            raise CaptureError(f"cannot read {str(bundle.model_path)!r}: {err}") from err
+        policy = policy_for(bundle) if self._roi_mode else None
+        context = replace(context, crop_policy=policy)
+        return HardFrameCapture(self._config, context, log=self._logs.warning)
+
+    def _swap(self, active: tuple[HardFrameCapture, Bundle] | None, failed: str) -> None:
+        with self._lock:
+            self._active, self._failed = active, failed
