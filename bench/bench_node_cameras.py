@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +36,9 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
-from bench_node import ros_env, stop  # noqa: E402
-from bench_node_rois import measure_cpu  # noqa: E402
+from bench_node import ros_env  # noqa: E402
 from node_models import ensure_bundle  # noqa: E402
+from node_procs import NodeRun, run_nodes  # noqa: E402
 
 MODEL = "mobilenet_v2_0.35"
 CAMERAS = ("c0", "c1", "c2", "c3")
@@ -67,35 +66,19 @@ def remaps(name: str) -> list[str]:
 
 
 def run_once(setup: str, bundle: Path, args: argparse.Namespace, env: dict) -> dict:
-    tmp = args.workdir
-    cameras = CAMERAS[:1] if setup == "single_camera" else CAMERAS
-    rec_out, pub_out, ready = (tmp / f"{n}_{setup}.json" for n in ("rec", "pub", "ready"))
-    ready.unlink(missing_ok=True)
-    log = open(tmp / f"cameras_{setup}.log", "w")  # noqa: SIM115
-    names = ",".join(cameras)
-    recorder = subprocess.Popen(
-        [sys.executable, str(BENCH / "node_recorder.py"), "--out", str(rec_out),
-         "--cameras", names],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    nodes = [
-        subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-        for cmd in node_commands(setup, bundle)
-    ]
-    publisher = [
-        sys.executable, str(BENCH / "node_publisher.py"), "--rate", str(args.rate),
-        "--count", str(int(args.duration * args.rate)), "--cameras", names,
-        "--ready", str(ready), "--out", str(pub_out), *(["--stagger"] if args.stagger else []),
-    ]  # fmt: skip
-    try:
-        cpu = measure_cpu([n.pid for n in nodes], publisher, ready, args, env, log)
-    finally:
-        stop(recorder)
-        for node in nodes:
-            stop(node)
-        log.close()
-    sent = json.loads(pub_out.read_text())
-    return summarise(setup, sent, json.loads(rec_out.read_text()), cpu)
+    names = ",".join(CAMERAS[:1] if setup == "single_camera" else CAMERAS)
+    sent, rec, cpu = run_nodes(
+        NodeRun(
+            tag=setup,
+            log=f"cameras_{setup}.log",
+            nodes=node_commands(setup, bundle),
+            recorder_args=["--cameras", names],
+            publisher_args=["--cameras", names, *(["--stagger"] if args.stagger else [])],
+        ),
+        args,
+        env,
+    )
+    return summarise(setup, sent, rec, cpu)
 
 
 def summarise(setup: str, sent: dict, rec: dict, cpu_s: float) -> dict:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,19 +36,13 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
-from bench_node import ros_env, stop  # noqa: E402
+from bench_node import ros_env  # noqa: E402
 from node_models import batch_floor, ensure_bundle  # noqa: E402
+from node_procs import NodeRun, run_nodes  # noqa: E402
 
 MODEL = "mobilenet_v2_0.35"
 SIZE = (96, 96)
 MODES = ("batched", "per_roi")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def node_command(bundle: Path, mode: str, extra: list[str]) -> list[str]:
@@ -63,44 +56,20 @@ def node_command(bundle: Path, mode: str, extra: list[str]) -> list[str]:
 
 def run_once(bundle: Path, rois: int, mode: str, args: argparse.Namespace, env: dict) -> dict:
     """One node, one publisher, one recorder; the node's CPU time is read while frames flow."""
-    tmp, tag = args.workdir, f"{rois}_{mode}"
-    rec_out, pub_out, ready = (tmp / f"{n}_{tag}.json" for n in ("rec", "pub", "ready"))
-    ready.unlink(missing_ok=True)
-    log = open(tmp / f"rois_{tag}.log", "w")  # noqa: SIM115
-    recorder = subprocess.Popen(
-        [sys.executable, str(BENCH / "node_recorder.py"), "--out", str(rec_out)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    tag = f"{rois}_{mode}"
     extra = ["-p", f"num_threads:={args.num_threads}"]
-    node = subprocess.Popen(node_command(bundle, mode, extra), env=env, stdout=log, stderr=log)
-    publisher = [
-        sys.executable, str(BENCH / "node_publisher.py"), "--rate", str(args.rate),
-        "--count", str(int(args.duration * args.rate)), "--rois", str(rois),
-        "--output", "classified_detections", "--ready", str(ready), "--out", str(pub_out),
-    ]  # fmt: skip
-    try:
-        cpu = measure_cpu([node.pid], publisher, ready, args, env, log)
-    finally:
-        stop(recorder)
-        stop(node)
-        log.close()
-    return summarise(
-        rois, mode, json.loads(pub_out.read_text()), json.loads(rec_out.read_text()), cpu
+    sent, rec, cpu = run_nodes(
+        NodeRun(
+            tag=tag,
+            log=f"rois_{tag}.log",
+            nodes=[node_command(bundle, mode, extra)],
+            recorder_args=[],
+            publisher_args=["--rois", str(rois), "--output", "classified_detections"],
+        ),
+        args,
+        env,
     )
-
-
-def measure_cpu(
-    pids: list[int], publisher: list[str], ready: Path, args: argparse.Namespace, env: dict, log
-) -> float:
-    """Run the publisher; CPU seconds of `pids` from its first frame to the end of the grace."""
-    proc = subprocess.Popen(publisher, env=env, stdout=log, stderr=subprocess.STDOUT)
-    while not ready.exists() and proc.poll() is None:
-        time.sleep(0.02)
-    before = sum(cpu_seconds(pid) for pid in pids)
-    if proc.wait(timeout=90 + args.duration + 15) != 0:
-        raise RuntimeError(f"publisher failed; see the logs in {args.workdir}")
-    time.sleep(args.grace)
-    return sum(cpu_seconds(pid) for pid in pids) - before
+    return summarise(rois, mode, sent, rec, cpu)
 
 
 def summarise(rois: int, mode: str, sent: dict, rec: dict, cpu_s: float) -> dict:

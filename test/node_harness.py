@@ -375,6 +375,16 @@ def node_in_process(overrides: dict[str, Any], **node_kwargs: Any) -> Iterator[A
         rclpy.try_shutdown(context=context)
 
 
+@contextmanager
+def roi_node_and_probe(overrides: dict[str, Any], namespace: str) -> Iterator[tuple[Any, Probe]]:
+    """A node (ROI mode) and its probe in `namespace`, once both see each other's topics."""
+    with node_in_process(overrides, namespace=namespace) as node, probe(namespace=namespace) as p:
+        p.wait_for_subscriber(p.image_pub)
+        p.wait_for_subscriber(p.detections_pub)
+        wait_for_outputs(node)
+        yield node, p
+
+
 def _spin(executor: SingleThreadedExecutor, context: Context) -> None:
     while context.ok():
         try:

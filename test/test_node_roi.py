@@ -24,6 +24,7 @@ from node_harness import (
     node_in_process,
     probe,
     raw_image,
+    roi_node_and_probe,
     wait_for_outputs,
     wait_until,
 )
@@ -57,10 +58,7 @@ def roi_node(color_bundle: Path) -> Iterator[tuple[Any, Probe]]:
         "roi_source": "detections",
         "qos": "reliable",
     }
-    with node_in_process(overrides, namespace="/roi") as node, probe(namespace="/roi") as p:
-        p.wait_for_subscriber(p.image_pub)
-        p.wait_for_subscriber(p.detections_pub)
-        wait_for_outputs(node)
+    with roi_node_and_probe(overrides, "/roi") as (node, p):
         yield node, p
 
 
@@ -225,10 +223,7 @@ def test_approximate_pairing_within_sync_tolerance(color_bundle: Path) -> None:
         "qos": "reliable",
         "sync_tolerance_s": 0.01,
     }
-    with node_in_process(overrides, namespace="/approx") as node, probe(namespace="/approx") as p:
-        p.wait_for_subscriber(p.image_pub)
-        p.wait_for_subscriber(p.detections_pub)
-        wait_for_outputs(node)
+    with roi_node_and_probe(overrides, "/approx") as (_node, p):
         p.image_pub.publish(_image(10))  # the detector's stamp is 3 ms late: within 10 ms
         p.detections_pub.publish(detection_array(10, BOXES, nanosec=3_001_234, frame_id="cam_roi"))
         _check_answer(p, 10)  # answered with the image's header
@@ -348,10 +343,7 @@ def test_the_node_classifies_exactly_the_crop_extract_wrote(tmp_path: Path) -> N
         "qos": "reliable",
         "top_k": 4,
     }
-    with node_in_process(overrides, namespace="/parity") as node, probe(namespace="/parity") as p:
-        p.wait_for_subscriber(p.image_pub)
-        p.wait_for_subscriber(p.detections_pub)
-        wait_for_outputs(node)
+    with roi_node_and_probe(overrides, "/parity") as (_node, p):
         image = raw_image(frame, "bgr8", sec)
         image.header.stamp.nanosec = nanosec
         p.image_pub.publish(image)

@@ -24,6 +24,7 @@ from node_harness import (
     node_in_process,
     probe,
     raw_image,
+    roi_node_and_probe,
     wait_for_outputs,
     wait_until,
 )
@@ -281,10 +282,7 @@ def test_roi_tracks_are_smoothed_independently_and_forgotten(
     policy = policy_for(read_bundle(color_bundle))
     smoothers = {k: LabelSmoother(SmoothingConfig()) for k in ("a", "b")}
     overrides = {"model_path": str(color_bundle), "qos": "reliable", "roi_source": "detections"}
-    with node_in_process(overrides, namespace="/trk") as node, probe(namespace="/trk") as p:
-        p.wait_for_subscriber(p.image_pub)
-        p.wait_for_subscriber(p.detections_pub)
-        wait_for_outputs(node)
+    with roi_node_and_probe(overrides, "/trk") as (node, p):
         published: dict[str, list[str]] = {k: [] for k in script}
         for i, rgb in enumerate(frames):
             body = send_roi(p, rgb, list(script), stamp_of(i))
@@ -471,10 +469,7 @@ def test_capture_of_roi_crops_reuses_the_pipeline_crops_and_follows_a_reload(
         np.random.default_rng(i).integers(0, 256, (*ROI_SIZE, 3), dtype=np.uint8) for i in range(3)
     ]
     tracks = ["a", "b", ""]  # "a" reaches outside the frame's edge after the context
-    with node_in_process(overrides, namespace="/rc") as node, probe(namespace="/rc") as p:
-        p.wait_for_subscriber(p.image_pub)
-        p.wait_for_subscriber(p.detections_pub)
-        wait_for_outputs(node)
+    with roi_node_and_probe(overrides, "/rc") as (node, p):
         send_roi(p, frames[0], tracks, stamp_of(0))
         set_params(node, model_path=str(second))
         wait_until(lambda: node.get_parameter("serving_model_path").value == str(second), 30.0)

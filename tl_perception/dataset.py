@@ -218,6 +218,33 @@ def class_dirs(labels: Iterable[str], taken: Mapping[str, str] | None = None) ->
     return result
 
 
+def labels_to_dirs(
+    rows: Iterable[Mapping[str, str]], root: Path, advice: str | None = None
+) -> dict[str, str]:
+    """label -> class_dir of a dataset's manifest rows, where each label has one directory and
+    each directory one label (as extraction and `label` write them).
+
+    `advice` ends the errors (default: a label in two directories says to fix the manifest).
+
+    Raises:
+        DatasetError: a label in two directories, or two labels in one.
+    """
+    mapping: dict[str, str] = {}
+    for row in rows:
+        label = row.get("label") or ""
+        if mapping.setdefault(label, row["class_dir"]) != row["class_dir"]:
+            raise DatasetError(
+                f"{str(root / MANIFEST_FILE)!r}: label {label!r} is in class directories "
+                f"{mapping[label]!r} and {row['class_dir']!r}; "
+                f"{advice or 'fix the manifest by hand'}"
+            )
+    try:
+        return class_dirs((), mapping)
+    except DatasetError as err:
+        tail = f"; {advice}" if advice else ""
+        raise DatasetError(f"{str(root / MANIFEST_FILE)!r}: {err}{tail}") from err
+
+
 def _candidate(label: str) -> str:
     return UNLABELED_DIR if label == "" else safe_class_dir(label)
 

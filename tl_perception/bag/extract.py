@@ -63,7 +63,6 @@ from tl_perception.bag.splits import assign_splits
 from tl_perception.crop import Box
 from tl_perception.dataset import (
     EXTENDABLE_VERSIONS,
-    MANIFEST_FILE,
     SPLITS,
     SUMMARY_FILE,
     begin_summary,
@@ -71,6 +70,7 @@ from tl_perception.dataset import (
     crop_policy_of,
     is_empty_label,
     is_image_file,
+    labels_to_dirs,
     read_manifest,
     read_summary,
     slug,
@@ -169,7 +169,8 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
     _check_distinct(sources)
     _check_rerun(options, summary, sources)
     report = ExtractReport(out)
-    plans = _plan(options, sources, _class_dirs_of(old_rows, out), report)
+    taken = labels_to_dirs(old_rows, out, "extract into a new --out")
+    plans = _plan(options, sources, taken, report)
     existing: dict[str, Counter[str]] = {}
     splits_of: dict[str, str] = {}
     for row in old_rows:
@@ -552,25 +553,6 @@ def _existing_dataset(out: Path) -> tuple[list[dict[str, str]], dict[str, Any] |
             "file name and cannot tell two same-named bags apart; extract into a new --out"
         )
     return read_manifest(out), summary
-
-
-def _class_dirs_of(rows: list[dict[str, str]], out: Path) -> dict[str, str]:
-    """label -> class_dir of an existing dataset, where each label has exactly one directory
-    and each directory one label (as extraction writes them)."""
-    mapping: dict[str, str] = {}
-    for row in rows:
-        label = row.get("label") or ""
-        if mapping.setdefault(label, row["class_dir"]) != row["class_dir"]:
-            raise DatasetError(
-                f"{str(out / MANIFEST_FILE)!r}: label {label!r} is in class directories "
-                f"{mapping[label]!r} and {row['class_dir']!r}; extract into a new --out"
-            )
-    try:
-        return class_dirs((), mapping)
-    except DatasetError as err:
-        raise DatasetError(
-            f"{str(out / MANIFEST_FILE)!r}: {err}; extract into a new --out"
-        ) from err
 
 
 def _check_distinct(sources: list[BagSource]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,9 +30,11 @@ from tl_perception.demo.steps import (
     Log,
     State,
     TrainStep,
+    extract_step,
     finetune_step,
     local_ros,
     node_command,
+    split_counts,
     step,
     with_node,
 )
@@ -151,13 +152,9 @@ def _extract(state: State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]
     from tl_perception.synth.writer import IMAGE_TOPIC, LABEL_TOPIC
 
     settings = {"bag": state.steps.get("synth_train", {}).get("settings"), "split": list(SPLIT)}
-    record = state.done("extract", settings, dataset / "dataset.json")
+    record = extract_step(state, "extract", settings, dataset, log)
     if record:
-        log(f"  {dataset}: done before, reused")
         return record
-    if dataset.exists():
-        shutil.rmtree(dataset)  # made from another drive: start clean
-    state.begin("extract")
     report = extract(
         ExtractOptions(
             bags=(bag,),
@@ -168,9 +165,7 @@ def _extract(state: State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]
             workers=os.cpu_count() or 1,
         )
     )
-    counts = {split: 0 for split in ("train", "val", "test")}
-    for (_cls, split), n in report.kept.items():
-        counts[split] = counts.get(split, 0) + n
+    counts = split_counts(report.kept)
     record = state.finish("extract", settings, counts=counts)
     log(f"  wrote {report.written} images to {dataset} {counts} ({record['seconds']:.1f} s)")
     return record

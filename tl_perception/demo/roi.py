@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +31,11 @@ from tl_perception.demo.steps import (
     Log,
     State,
     TrainStep,
+    extract_step,
     finetune_step,
     local_ros,
     node_command,
+    split_counts,
     step,
     with_node,
 )
@@ -185,13 +186,9 @@ def _extract(state: State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]
         "rois": rois.record(),
         "crop_policy": rois.policy.to_dict(),
     }
-    record = state.done("roi_extract", settings, dataset / "dataset.json")
+    record = extract_step(state, "roi_extract", settings, dataset, log)
     if record:
-        log(f"  {dataset}: done before, reused")
         return record
-    if dataset.exists():
-        shutil.rmtree(dataset)  # made from another drive: start clean
-    state.begin("roi_extract")
     report = extract(
         ExtractOptions(
             bags=(bag,),
@@ -203,9 +200,7 @@ def _extract(state: State, bag: Path, dataset: Path, log: Log) -> dict[str, Any]
             rois=rois,
         )
     )
-    counts = {split: 0 for split in ("train", "val", "test")}
-    for (_cls, split), n in report.kept.items():
-        counts[split] = counts.get(split, 0) + n
+    counts = split_counts(report.kept)
     background = sum(n for (cls, _split), n in report.kept.items() if cls == BACKGROUND)
     record = state.finish(
         "roi_extract",

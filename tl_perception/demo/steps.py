@@ -8,11 +8,12 @@ unchanged and whose output is still there, so a second run costs seconds.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,6 +59,28 @@ class State:
         self.steps[step] = {"settings": settings, "seconds": seconds, **facts}
         atomic_write_json(self.path, {"steps": self.steps})
         return self.steps[step]
+
+
+def extract_step(
+    state: State, name: str, settings: dict[str, Any], dataset: Path, log: Log
+) -> dict[str, Any] | None:
+    """The record of extract step `name` if it can be reused; else begin it on a clean `dataset`."""
+    record = state.done(name, settings, dataset / "dataset.json")
+    if record:
+        log(f"  {dataset}: done before, reused")
+        return record
+    if dataset.exists():
+        shutil.rmtree(dataset)  # made from another drive: start clean
+    state.begin(name)
+    return None
+
+
+def split_counts(kept: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """Images kept per split (train, val, test always present) from per-(class, split) counts."""
+    counts = {split: 0 for split in ("train", "val", "test")}
+    for (_cls, split), n in kept.items():
+        counts[split] = counts.get(split, 0) + n
+    return counts
 
 
 def step(number: int, text: str, log: Log) -> None:

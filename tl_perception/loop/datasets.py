@@ -1,4 +1,4 @@
-"""What `label` and `merge` share: opening a dataset to change it, and its label -> class map."""
+"""What `label` and `merge` share: opening a dataset to change it, and writing it back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from tl_perception.dataset import (
     EXTENDABLE_VERSIONS,
     MANIFEST_FILE,
     SUMMARY_FILE,
-    class_dirs,
     read_manifest,
     read_summary,
     write_dataset,
@@ -48,23 +47,6 @@ def open_for_update(root: Path, role: str) -> tuple[dict[str, Any], list[dict[st
     if not rows:
         raise DatasetError(f"{where}: {MANIFEST_FILE} lists no image")
     return summary, rows
-
-
-def labels_to_dirs(rows: Sequence[Mapping[str, str]], root: Path) -> dict[str, str]:
-    """label -> class_dir of a dataset, where each label has one directory and each directory
-    one label (as extraction and `label` write them)."""
-    mapping: dict[str, str] = {}
-    for row in rows:
-        label = row.get("label") or ""
-        if mapping.setdefault(label, row["class_dir"]) != row["class_dir"]:
-            raise DatasetError(
-                f"{str(root / MANIFEST_FILE)!r}: label {label!r} is in class directories "
-                f"{mapping[label]!r} and {row['class_dir']!r}; fix the manifest by hand"
-            )
-    try:
-        return class_dirs((), mapping)
-    except DatasetError as err:
-        raise DatasetError(f"{str(root / MANIFEST_FILE)!r}: {err}") from err
 
 
 def write_back(

@@ -31,10 +31,11 @@ from tl_perception.dataset import (
     class_dirs,
     is_empty_label,
     is_image_file,
+    labels_to_dirs,
     safe_class_dir,
 )
 from tl_perception.errors import DatasetError, one_line
-from tl_perception.loop.datasets import labels_to_dirs, open_for_update, write_back
+from tl_perception.loop.datasets import open_for_update, write_back
 
 CSV_COLUMNS: tuple[str, ...] = ("path", "label")
 

@@ -40,11 +40,12 @@ from tl_perception.dataset import (
     crop_policy_of,
     is_empty_label,
     is_image_file,
+    labels_to_dirs,
     read_dataset,
 )
 from tl_perception.errors import DatasetError, one_line
 from tl_perception.fsutil import atomic_write_bytes
-from tl_perception.loop.datasets import labels_to_dirs, open_for_update, write_back
+from tl_perception.loop.datasets import open_for_update, write_back
 
 Row = dict[str, str]
 

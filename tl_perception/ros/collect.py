@@ -32,9 +32,9 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from tl_perception.errors import TlPerceptionError
 from tl_perception.ros.messages import (
-    DETECTION_TYPE_NAMES,
     classification_to_dict,
     classification_type,
+    detections_format_of_type,
     detections_to_dict,
     detections_type,
     format_of_type,
@@ -186,17 +186,6 @@ class _Collector(Node):
 
 def _since(start_ns: int | None, now_ns: int) -> float | None:
     return None if start_ns is None else (now_ns - start_ns) / 1e6
-
-
-def detections_format_of_type(type_name: str) -> str:
-    """`vision_msgs` or `json` for a `classified_detections` type name from the graph."""
-    for output_format, name in DETECTION_TYPE_NAMES.items():
-        if type_name == name:
-            return output_format
-    raise TlPerceptionError(
-        f"{type_name!r} is not a classified_detections type "
-        f"({', '.join(DETECTION_TYPE_NAMES.values())})"
-    )
 
 
 def parse_classification(msg: Any) -> tuple[int, str, float]:

@@ -9,7 +9,7 @@ and `classification_to_dict` reads either format, so consumers work with both.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from std_msgs.msg import Header, String
@@ -78,12 +78,20 @@ def classification_type(output_format: str) -> type:
 
 def format_of_type(type_name: str) -> str:
     """`vision_msgs` or `json` for a type name from the graph, so a consumer follows the node."""
-    for output_format, name in TYPE_NAMES.items():
+    return _format_of(type_name, TYPE_NAMES, "classification")
+
+
+def detections_format_of_type(type_name: str) -> str:
+    """`vision_msgs` or `json` for a `classified_detections` type name from the graph."""
+    return _format_of(type_name, DETECTION_TYPE_NAMES, "classified_detections")
+
+
+def _format_of(type_name: str, names: Mapping[str, str], output: str) -> str:
+    """The output format whose message type on `output` is `type_name` (one of `names`)."""
+    for output_format, name in names.items():
         if type_name == name:
             return output_format
-    raise NodeConfigError(
-        f"{type_name!r} is not a classification type ({', '.join(TYPE_NAMES.values())})"
-    )
+    raise NodeConfigError(f"{type_name!r} is not a {output} type ({', '.join(names.values())})")
 
 
 def classification_to_dict(msg: Any) -> dict[str, Any]:

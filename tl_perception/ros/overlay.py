@@ -20,16 +20,7 @@ def draw_overlay(rgb: np.ndarray, results: Hypotheses) -> np.ndarray:
     thickness = max(1, round(scale * 2))
     (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     cv2.rectangle(out, (0, 0), (width + 8, height + baseline + 8), (0, 0, 0), thickness=-1)
-    cv2.putText(
-        out,
-        text,
-        (4, height + 4),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (255, 255, 255),
-        thickness,
-        cv2.LINE_AA,
-    )
+    _put_label(out, text, (4, height + 4), scale, thickness)
     return out
 
 
@@ -45,14 +36,21 @@ def draw_rois(rgb: np.ndarray, results: Sequence[RoiResult]) -> np.ndarray:
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(0, y0 - th - baseline - 4)
         cv2.rectangle(out, (x0, top), (x0 + tw + 4, top + th + baseline + 4), (0, 0, 0), -1)
-        cv2.putText(
-            out,
-            text,
-            (x0 + 2, top + th + 2),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            thickness,
-            cv2.LINE_AA,
-        )
+        _put_label(out, text, (x0 + 2, top + th + 2), scale, thickness)
     return out
+
+
+def _put_label(
+    out: np.ndarray, text: str, origin: tuple[int, int], scale: float, thickness: int
+) -> None:
+    """White anti-aliased `text` on `out` in place, its baseline starting at `origin`."""
+    cv2.putText(
+        out,
+        text,
+        origin,
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        thickness,
+        cv2.LINE_AA,
+    )
