@@ -105,9 +105,9 @@ def test_live_scoring_matches_each_stamp_to_its_frames_label_and_skips_empty_roa
     tmp_path: Path,
 ) -> None:
     from tl_perception.demo.report import read_labels, score_live
-    from tl_perception.synth.writer import LABEL_TOPIC, START_NS, write_synthetic_bag
+    from tl_perception.synth.writer import LABEL_TOPIC, START_NS, DriveSpec, write_synthetic_bag
 
-    summary = write_synthetic_bag(tmp_path / "drive", frames=60, size=(32, 24), seed=4)
+    summary = write_synthetic_bag(tmp_path / "drive", DriveSpec(frames=60, size=(32, 24), seed=4))
     labels = read_labels(tmp_path / "drive", LABEL_TOPIC)
     truth = {}
     for run in summary.runs:
@@ -143,13 +143,12 @@ def test_collector_reads_the_nodes_json_classification() -> None:
 def test_roi_scoring_matches_detections_to_the_truth_by_track_id(tmp_path: Path) -> None:
     from tl_perception.demo.roi_report import read_drive_truth, score_rois
     from tl_perception.synth.detector import DetectorNoise
-    from tl_perception.synth.writer import write_synthetic_bag
+    from tl_perception.synth.writer import DriveSpec, write_synthetic_bag
 
     noise = DetectorNoise(miss=0.2, false_positives=1.0, jitter=0.05)
     bag = tmp_path / "road"
-    summary = write_synthetic_bag(
-        bag, kind="road", frames=40, size=(160, 120), seed=5, detector_noise=noise
-    )
+    spec = DriveSpec(kind="road", frames=40, size=(160, 120), seed=5, detector_noise=noise)
+    summary = write_synthetic_bag(bag, spec)
     road = summary.road
     assert road is not None
     drive = read_drive_truth(bag)

@@ -28,7 +28,7 @@ from tl_perception.dataset import (
 )
 from tl_perception.errors import DatasetError
 from tl_perception.images import compressed_to_rgb, message_to_rgb
-from tl_perception.synth.writer import IMAGE_TOPIC, write_synthetic_bag
+from tl_perception.synth.writer import IMAGE_TOPIC, DriveSpec, write_synthetic_bag
 
 CAM, BOXES = "/cam", "/boxes"
 SIZE = (64, 48)
@@ -220,7 +220,7 @@ def test_frame_labels_win_over_class_ids_and_a_box_without_either_is_no_label(tm
 
 def road_bag(tmp_path: Path, frames: int = 40, seed: int = 1) -> Path:
     path = tmp_path / f"road{seed}"
-    write_synthetic_bag(path, kind="road", frames=frames, seed=seed, size=(128, 96))
+    write_synthetic_bag(path, DriveSpec(kind="road", frames=frames, seed=seed, size=(128, 96)))
     return path
 
 

@@ -69,11 +69,12 @@ def test_play_publishes_detection_arrays_field_for_field(tmp_path):
 
     from tl_perception.bag.reader import iter_messages, open_bag
     from tl_perception.synth.detector import DetectorNoise
-    from tl_perception.synth.writer import DETECTIONS_TOPIC, write_synthetic_bag
+    from tl_perception.synth.writer import DETECTIONS_TOPIC, DriveSpec, write_synthetic_bag
 
     bag = tmp_path / "road"
     noise = DetectorNoise(miss=0.0, false_positives=1.0, jitter=0.05)
-    write_synthetic_bag(bag, kind="road", frames=12, size=(96, 72), seed=3, detector_noise=noise)
+    spec = DriveSpec(kind="road", frames=12, size=(96, 72), seed=3, detector_noise=noise)
+    write_synthetic_bag(bag, spec)
     with open_bag(bag) as reader:
         recorded = [
             reader.deserialize(raw, conn.msgtype)

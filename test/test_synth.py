@@ -34,6 +34,7 @@ from tl_perception.synth.writer import (
     LABEL_LEAD_NS,
     LABEL_TOPIC,
     TRUTH_TOPIC,
+    DriveSpec,
     SynthSummary,
     write_synthetic_bag,
 )
@@ -51,7 +52,7 @@ def read_back(path: Path) -> dict[str, list[tuple[int, object]]]:
 def test_mcap_bag_has_camera_and_label_topics_with_labels_exactly_on_object_runs(
     tmp_path: Path,
 ) -> None:
-    summary = write_synthetic_bag(tmp_path / "drive", frames=60, seed=3, size=(96, 72))
+    summary = write_synthetic_bag(tmp_path / "drive", DriveSpec(frames=60, seed=3, size=(96, 72)))
     assert (tmp_path / "drive" / "metadata.yaml").is_file()
     assert list((tmp_path / "drive").glob("*.mcap"))
     topics = read_back(tmp_path / "drive")
@@ -92,9 +93,9 @@ def test_same_seed_gives_identical_drive_and_another_seed_a_different_one(tmp_pa
             for t, msg in msgs
         ]
 
-    write_synthetic_bag(tmp_path / "a", frames=40, seed=7, size=(64, 48))
-    write_synthetic_bag(tmp_path / "b", frames=40, seed=7, size=(64, 48))
-    write_synthetic_bag(tmp_path / "c", frames=40, seed=8, size=(64, 48))
+    write_synthetic_bag(tmp_path / "a", DriveSpec(frames=40, seed=7, size=(64, 48)))
+    write_synthetic_bag(tmp_path / "b", DriveSpec(frames=40, seed=7, size=(64, 48)))
+    write_synthetic_bag(tmp_path / "c", DriveSpec(frames=40, seed=8, size=(64, 48)))
     assert contents(tmp_path / "a") == contents(tmp_path / "b")
     assert contents(tmp_path / "a") != contents(tmp_path / "c")
 
@@ -106,14 +107,10 @@ def test_same_seed_gives_identical_drive_and_another_seed_a_different_one(tmp_pa
 def test_other_storages_and_compressed_images_are_readable(
     tmp_path: Path, storage: str, name: str, compressed: bool, suffix: str | None
 ) -> None:
-    summary = write_synthetic_bag(
-        tmp_path / name,
-        kind="vehicles",
-        frames=30,
-        size=(64, 64),
-        storage=storage,
-        compressed=compressed,
+    spec = DriveSpec(
+        kind="vehicles", frames=30, size=(64, 64), storage=storage, compressed=compressed
     )
+    summary = write_synthetic_bag(tmp_path / name, spec)
     if suffix:
         assert list((tmp_path / name).glob(suffix))
     topics = read_back(tmp_path / name)
@@ -149,12 +146,12 @@ def test_sign_templates_are_distinct_and_keep_left_mirrors_keep_right() -> None:
 
 def test_bad_options_fail_with_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(TlPerceptionError, match="unknown signs class 'speed_limit_90'"):
-        write_synthetic_bag(tmp_path / "x", classes=["stop", "speed_limit_90"])
+        write_synthetic_bag(tmp_path / "x", DriveSpec(classes=["stop", "speed_limit_90"]))
     with pytest.raises(TlPerceptionError, match=r"ending in \.bag"):
-        write_synthetic_bag(tmp_path / "x", storage="ros1")
-    write_synthetic_bag(tmp_path / "x", frames=5, size=(32, 32))
+        write_synthetic_bag(tmp_path / "x", DriveSpec(storage="ros1"))
+    write_synthetic_bag(tmp_path / "x", DriveSpec(frames=5, size=(32, 32)))
     with pytest.raises(TlPerceptionError, match="already exists"):
-        write_synthetic_bag(tmp_path / "x", frames=5, size=(32, 32))
+        write_synthetic_bag(tmp_path / "x", DriveSpec(frames=5, size=(32, 32)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no staging debris
 
 
@@ -162,7 +159,7 @@ def test_cli_synth_then_extract_recovers_the_label_runs(tmp_path: Path, capsys) 
     bag = tmp_path / "drive"
     assert main(["synth", str(bag), "--frames", "80", "--size", "64x48", "--seed", "2"]) == 0
     assert "labelled on /label" in capsys.readouterr().out
-    summary = write_synthetic_bag(tmp_path / "same", frames=80, size=(64, 48), seed=2)
+    summary = write_synthetic_bag(tmp_path / "same", DriveSpec(frames=80, size=(64, 48), seed=2))
     out = tmp_path / "dataset"
     # The label is valid for one frame: a tolerance under the 100 ms period keeps gaps unlabelled.
     args = ["extract", str(bag), "--topic", IMAGE_TOPIC, "--out", str(out)]
@@ -211,14 +208,14 @@ def nominal_truth(plan, frame: int) -> list[TruthObject]:
 @pytest.fixture(scope="module")
 def road_bag(tmp_path_factory) -> tuple[Path, SynthSummary]:
     path = tmp_path_factory.mktemp("road") / "road"
-    summary = write_synthetic_bag(
-        path,
+    spec = DriveSpec(
         kind="road",
         frames=40,
         seed=5,
         size=ROAD_SIZE_SMALL,
         detector_noise=DetectorNoise(miss=0.2, false_positives=0.5, jitter=0.05),
     )
+    summary = write_synthetic_bag(path, spec)
     return path, summary
 
 
@@ -369,7 +366,8 @@ def test_noise_levels_and_rates_parse() -> None:
 
 def test_road_drives_are_deterministic_for_a_seed(tmp_path: Path) -> None:
     def make(name: str, seed: int) -> dict[str, list[tuple[int, bytes]]]:
-        write_synthetic_bag(tmp_path / name, kind="road", frames=12, seed=seed, size=(128, 96))
+        spec = DriveSpec(kind="road", frames=12, seed=seed, size=(128, 96))
+        write_synthetic_bag(tmp_path / name, spec)
         return raw_messages(tmp_path / name)
 
     a, b, c = make("a", 9), make("b", 9), make("c", 10)

@@ -282,7 +282,7 @@ def write_color_bag(path: Path, colors: list[str], topic: str) -> Path:
 def test_demo_collector_records_either_format(
     color_bundle: Path, tmp_path: Path, output_format: str
 ) -> None:
-    from tl_perception.ros.collect import run_live
+    from tl_perception.ros.collect import LivePlan, collect_live
 
     if output_format == "vision_msgs":
         require_vision_msgs()
@@ -290,15 +290,15 @@ def test_demo_collector_records_either_format(
     bag = write_color_bag(tmp_path / "drive", colors, "/cam")
     overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": output_format}
     with node_in_process(overrides, namespace="/live"):
-        result = run_live(
-            bag,
-            bag_topic="/cam",
+        plan = LivePlan(
+            bag=bag,
+            play={"/cam": "/live/image"},
             image_topic="/live/image",
-            classification_topic="/live/classification",
+            results_topic="/live/classification",
             ready_timeout_s=30.0,
             drain_s=1.0,
-            log=lambda _: None,
         )
+        result = collect_live(plan, log=lambda _: None)
     assert [r.top1 for r in result.records] == colors
     assert [r.stamp_ns for r in result.records] == [i * 10**9 for i in range(1, 5)]
     assert all(r.latency_ms is not None for r in result.records)

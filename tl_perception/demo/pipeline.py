@@ -129,16 +129,15 @@ def run_frame_demo(
 
 
 def _synth(state: State, name: str, bag: Path, frames: int, seed: int, log: Log) -> None:
-    from tl_perception.synth.writer import write_synthetic_bag
+    from tl_perception.synth.writer import DriveSpec, write_synthetic_bag
 
     settings = {"kind": KIND, "frames": frames, "seed": seed, "size": list(SIZE), "rate": RATE_HZ}
     if state.done(name, settings, bag / "metadata.yaml"):
         log(f"  {bag}: done before, reused")
         return
     state.begin(name)
-    summary = write_synthetic_bag(
-        bag, kind=KIND, frames=frames, seed=seed, size=SIZE, rate=RATE_HZ, overwrite=True
-    )
+    spec = DriveSpec(kind=KIND, frames=frames, seed=seed, size=SIZE, rate=RATE_HZ)
+    summary = write_synthetic_bag(bag, spec, overwrite=True)
     record = state.finish(name, settings)
     log(
         f"  wrote {bag}: {frames} frames, {summary.labelled_frames} labelled "
@@ -184,17 +183,19 @@ def _live(bag: Path, bundle: Path, workdir: Path, log: Log) -> dict[str, Any]:
     from tl_perception.synth.writer import IMAGE_TOPIC
 
     local_ros()
-    from tl_perception.ros.collect import run_live
+    from tl_perception.ros.collect import LivePlan, collect_live
 
     image_topic = f"{NAMESPACE}{IMAGE_TOPIC}"
     result = with_node(
         node_command(bundle, image_topic),
         workdir / "logs" / "classifier_node.log",
-        lambda alive: run_live(
-            bag,
-            bag_topic=IMAGE_TOPIC,
-            image_topic=image_topic,
-            classification_topic=f"{NAMESPACE}/classification",
+        lambda alive: collect_live(
+            LivePlan(
+                bag=bag,
+                play={IMAGE_TOPIC: image_topic},
+                image_topic=image_topic,
+                results_topic=f"{NAMESPACE}/classification",
+            ),
             node_alive=alive,
             log=lambda line: log(f"  {line}"),
         ),

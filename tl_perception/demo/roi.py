@@ -123,7 +123,7 @@ def _require_vision_msgs() -> None:
 
 def _synth(state: State, name: str, bag: Path, frames_seed: tuple[int, int], log: Log) -> None:
     from tl_perception.synth.detector import DetectorNoise
-    from tl_perception.synth.writer import write_synthetic_bag
+    from tl_perception.synth.writer import DriveSpec, write_synthetic_bag
 
     frames, seed = frames_seed
     noise = DetectorNoise.from_level(NOISE_LEVEL)
@@ -140,17 +140,16 @@ def _synth(state: State, name: str, bag: Path, frames_seed: tuple[int, int], log
         log(f"  {bag}: done before, reused")
         return
     state.begin(name)
-    summary = write_synthetic_bag(
-        bag,
+    spec = DriveSpec(
         kind="road",
         frames=frames,
         seed=seed,
         size=SIZE,
         rate=RATE_HZ,
         compressed=True,
-        overwrite=True,
         detector_noise=noise,
     )
+    summary = write_synthetic_bag(bag, spec, overwrite=True)
     road = summary.road
     if road is None:  # a road drive always has one; say so rather than fail on None later
         raise TlPerceptionError(f"{bag}: synth wrote no detection summary for a road drive")

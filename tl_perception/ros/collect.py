@@ -215,33 +215,6 @@ def _best(results: list[dict[str, Any]]) -> tuple[str, float]:
     return str(best["class_id"]), float(best["score"])
 
 
-def run_live(
-    bag: Path,
-    *,
-    bag_topic: str,
-    image_topic: str,
-    classification_topic: str,
-    node_alive: Callable[[], bool] = lambda: True,
-    ready_timeout_s: float = 180.0,
-    drain_s: float = 3.0,
-    log: Log = print,
-) -> LiveResult:
-    """Wait for the classifier, play `bag_topic` of `bag` to it on `image_topic`, collect results.
-
-    `node_alive` lets the caller abort when the node's process has exited. The whole-frame call
-    that tests use, kept with its keywords; `collect_live` takes a `LivePlan` for any run.
-    """
-    plan = LivePlan(
-        bag=bag,
-        play={bag_topic: image_topic},
-        image_topic=image_topic,
-        results_topic=classification_topic,
-        ready_timeout_s=ready_timeout_s,
-        drain_s=drain_s,
-    )
-    return collect_live(plan, node_alive=node_alive, log=log)
-
-
 def collect_live(
     plan: LivePlan, *, node_alive: Callable[[], bool] = lambda: True, log: Log = print
 ) -> LiveResult:

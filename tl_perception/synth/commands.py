@@ -73,10 +73,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from tl_perception.synth.writer import write_synthetic_bag
+    from tl_perception.synth.writer import DriveSpec, write_synthetic_bag
 
-    summary = write_synthetic_bag(
-        args.out,
+    spec = DriveSpec(
         kind=args.kind,
         frames=args.frames,
         classes=args.classes,
@@ -85,9 +84,9 @@ def run_synth(args: argparse.Namespace) -> int:
         rate=args.rate,
         compressed=args.compressed,
         storage=args.storage,
-        overwrite=args.overwrite,
         detector_noise=args.detector_noise,
     )
+    summary = write_synthetic_bag(args.out, spec, overwrite=args.overwrite)
     per_class = ", ".join(f"{k}={v}" for k, v in summary.frames_per_class().items())
     head = f"wrote {summary.path} ({summary.storage}): {summary.frames} frames on "
     road = summary.road

@@ -101,33 +101,48 @@ class RoadSummary:
         return self.detected + self.missed
 
 
-def write_synthetic_bag(
-    out: str | Path,
-    *,
-    kind: str = "signs",
-    frames: int = 300,
-    classes: Sequence[str] | None = None,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    rate: float = 10.0,
-    compressed: bool = False,
-    storage: str = "mcap",
-    overwrite: bool = False,
-    detector_noise: DetectorNoise | None = None,
-) -> SynthSummary:
-    """Render a drive and write it to `out` (a rosbag2 directory, or a ROS 1 `.bag` file).
+@dataclass(frozen=True)
+class DriveSpec:
+    """What drive to render and how to record it; `write_synthetic_bag` checks the values.
 
-    `size` defaults to 160x120 (640x480 for `road`); `detector_noise` (road only) defaults to
+    `kind` is `signs`, `vehicles` or `road`; `classes` (all of `kind` by default) are drawn in
+    `frames` frames at `rate` Hz, deterministic for `seed`. `size` (width, height) defaults to
+    160x120 (640x480 for `road`); `compressed` writes JPEG `CompressedImage`s; `storage` is
+    `mcap`, `sqlite3` or `ros1`; `detector_noise` (road only) defaults to
     `DetectorNoise.from_level(DEFAULT_NOISE_LEVEL)`.
+    """
+
+    kind: str = "signs"
+    frames: int = 300
+    classes: Sequence[str] | None = None  # stored as a tuple
+    seed: int = 0
+    size: tuple[int, int] | None = None
+    rate: float = 10.0
+    compressed: bool = False
+    storage: str = "mcap"
+    detector_noise: DetectorNoise | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:  # a CLI list, say: kept as a tuple so specs hash
+            object.__setattr__(self, "classes", tuple(self.classes))
+
+
+def write_synthetic_bag(
+    out: str | Path, spec: DriveSpec = DriveSpec(), *, overwrite: bool = False
+) -> SynthSummary:
+    """Render the drive `spec` describes and write it to `out` (a rosbag2 directory, or a ROS 1
+    `.bag` file).
 
     Raises:
         TlPerceptionError: bad options, or `out` exists and `overwrite` is false.
     """
+    kind, frames, storage = spec.kind, spec.frames, spec.storage
+    detector_noise = spec.detector_noise
     out = Path(out)
     road = kind == "road"
-    size = size or (ROAD_SIZE if road else DEFAULT_SIZE)
-    chosen = resolve_classes(kind, classes)
-    _check_options(out, storage, rate, size, overwrite)
+    size = spec.size or (ROAD_SIZE if road else DEFAULT_SIZE)
+    chosen = resolve_classes(kind, spec.classes)
+    _check_options(out, storage, spec.rate, size, overwrite)
     if road:
         check_road_size(size)
         if storage == "ros1":
@@ -136,16 +151,16 @@ def write_synthetic_bag(
             )
     elif detector_noise is not None:
         raise TlPerceptionError("--detector-noise applies to --kind road only")
-    image_topic = COMPRESSED_TOPIC if compressed else IMAGE_TOPIC
-    spec = _Spec(frames, seed, size, round(1e9 / rate), compressed)
+    image_topic = COMPRESSED_TOPIC if spec.compressed else IMAGE_TOPIC
+    timing = _Spec(frames, spec.seed, size, round(1e9 / spec.rate), spec.compressed)
     with _staged(out) as staged, _BagSink(staged, storage, image_topic) as sink:
         if road:
             noise = detector_noise or DetectorNoise.from_level(DEFAULT_NOISE_LEVEL)
-            road_summary = _write_road(sink, spec, chosen, noise)
+            road_summary = _write_road(sink, timing, chosen, noise)
             runs: list[Run] = []
         else:
-            runs = plan_drive(chosen, frames, seed)
-            _write_runs(sink, spec, kind, runs)
+            runs = plan_drive(chosen, frames, spec.seed)
+            _write_runs(sink, timing, kind, runs)
             road_summary = None
     return SynthSummary(
         path=out,
