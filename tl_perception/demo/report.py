@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tl_perception.fsutil import atomic_write_text
+from tl_perception.fsutil import atomic_save_figure, atomic_write_text
 
 if TYPE_CHECKING:
     from tl_perception.bag.labels import LabelTrack
@@ -190,9 +190,4 @@ def plot_latency(path: Path, latencies_ms: Sequence[float], what: str) -> None:
 
 def save_figure(fig: Any, path: Path) -> None:
     """Write a figure atomically (a reader never sees half a PNG) and close it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path, dpi=100)

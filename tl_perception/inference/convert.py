@@ -30,7 +30,7 @@ import numpy as np
 
 from tl_perception.bundle import Bundle
 from tl_perception.errors import BundleError, one_line
-from tl_perception.fsutil import atomic_write_bytes, atomic_write_json
+from tl_perception.fsutil import atomic_write_bytes, atomic_write_json, user_cache_dir
 
 SIDECAR_FILE = "model.tflite.json"
 QUANTIZE_MODES = (None, "float16", "int8")
@@ -87,9 +87,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tl_perception" / "tflite"
+def tflite_cache_dir() -> Path:
+    """Converted models of bundles that ship none, under the project's one cache root."""
+    return user_cache_dir() / "tflite"
 
 
 def tflite_for_bundle(bundle: Bundle, validate: Callable[[bytes | Path], None]) -> bytes | Path:
@@ -108,7 +108,7 @@ def tflite_for_bundle(bundle: Bundle, validate: Callable[[bytes | Path], None]) 
         with contextlib.suppress(BundleError):
             validate(shipped)
             return shipped
-    user_cached = user_cache_dir() / f"{source_sha}.tflite"
+    user_cached = tflite_cache_dir() / f"{source_sha}.tflite"
     if not may_write(bundle.path) and user_cached.is_file():
         with contextlib.suppress(BundleError):
             validate(user_cached)
