@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tl_perception.bag.writer import SEC, Msg
+from tl_perception.bag.writer import Msg
+from tl_perception.stamps import SEC
 
 T0 = 1_700_000_000 * SEC  # a realistic epoch for the first message
 

@@ -13,11 +13,12 @@ from bagutil import T0, frames, label, pattern, solid
 
 from tl_perception.bag.extract import ExtractOptions, extract
 from tl_perception.bag.plan import FrameFilter, LabelSpec
-from tl_perception.bag.writer import SEC, BagWriter, Msg, write_bag
+from tl_perception.bag.writer import BagWriter, Msg, write_bag
 from tl_perception.cli import main
 from tl_perception.dataset import MANIFEST_FILE, read_dataset, read_manifest
 from tl_perception.errors import BagError, DatasetError
 from tl_perception.images import compressed_to_rgb, image_fields
+from tl_perception.stamps import SEC
 
 RED, GREEN = (220, 20, 20), (20, 200, 20)
 

@@ -16,7 +16,7 @@ from tl_perception.bag.extract import ExtractOptions, extract
 from tl_perception.bag.plan import LabelSpec
 from tl_perception.bag.reader import deserialize, iter_messages, open_bag
 from tl_perception.bag.roiplan import RoiOptions
-from tl_perception.bag.writer import SEC, BagWriter, Det
+from tl_perception.bag.writer import BagWriter, Det
 from tl_perception.cli import main
 from tl_perception.crop import Box, CropPolicy, box_rect, crop_rect, crop_roi
 from tl_perception.dataset import (
@@ -28,6 +28,7 @@ from tl_perception.dataset import (
 )
 from tl_perception.errors import DatasetError
 from tl_perception.images import compressed_to_rgb, message_to_rgb
+from tl_perception.stamps import SEC
 from tl_perception.synth.writer import IMAGE_TOPIC, DriveSpec, write_synthetic_bag
 
 CAM, BOXES = "/cam", "/boxes"

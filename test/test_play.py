@@ -9,7 +9,8 @@ import time
 import pytest
 from bagutil import T0, frames, label, pattern
 
-from tl_perception.bag.writer import SEC, write_bag
+from tl_perception.bag.writer import write_bag
+from tl_perception.stamps import SEC
 
 rclpy = pytest.importorskip("rclpy", reason="play needs rclpy")
 

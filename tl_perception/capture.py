@@ -55,6 +55,7 @@ from tl_perception.dataset import (
 )
 from tl_perception.errors import TlPerceptionError, one_line
 from tl_perception.fsutil import atomic_write_bytes
+from tl_perception.stamps import SEC
 
 if TYPE_CHECKING:
     from tl_perception.bundle import Bundle
@@ -175,7 +176,7 @@ class CaptureItem:
 
     @property
     def stamp_ns(self) -> int:
-        return int(self.stamp[0]) * 1_000_000_000 + int(self.stamp[1])
+        return int(self.stamp[0]) * SEC + int(self.stamp[1])
 
 
 class RunTracker:

@@ -21,6 +21,7 @@ import numpy as np
 from tl_perception.crop import Box
 from tl_perception.images import image_fields, rgb_to_compressed
 from tl_perception.msgdefs import register_vision_msgs
+from tl_perception.stamps import ns_to_sec_nanosec
 
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3", "ros1")
 IMAGE = "sensor_msgs/msg/Image"
@@ -34,7 +35,6 @@ MSGTYPES: dict[str, str] = {
     "string": STRING,
     "detections": DETECTIONS,
 }
-SEC = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,8 @@ class BagWriter:
 
     def header(self, stamp_ns: int, frame_id: str = "camera") -> Any:
         """A std_msgs/Header (ROS 1 headers also get an increasing `seq`)."""
-        stamp = self.types["builtin_interfaces/msg/Time"](
-            sec=stamp_ns // SEC, nanosec=stamp_ns % SEC
-        )
+        sec, nanosec = ns_to_sec_nanosec(stamp_ns)
+        stamp = self.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
         fields: dict[str, Any] = {"stamp": stamp, "frame_id": frame_id}
         if self.ros1:
             fields["seq"] = self._seq

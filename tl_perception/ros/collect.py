@@ -40,8 +40,8 @@ from tl_perception.ros.messages import (
     format_of_type,
 )
 from tl_perception.ros.play import PlayOptions, play
+from tl_perception.stamps import SEC, stamp_to_ns
 
-SEC = 1_000_000_000
 CLASSIFIER_NODE_NAME = "classifier"
 
 Log = Callable[[str], None]
@@ -137,7 +137,7 @@ class _Collector(Node):
         """Record when each stamp first arrives on `topic` (the node's input)."""
 
         def on_message(msg: Any) -> None:
-            stamp = msg.header.stamp.sec * SEC + msg.header.stamp.nanosec
+            stamp = stamp_to_ns(msg.header.stamp)
             with self._lock:
                 arrivals.setdefault(stamp, time.monotonic_ns())
 
@@ -188,10 +188,16 @@ def _since(start_ns: int | None, now_ns: int) -> float | None:
     return None if start_ns is None else (now_ns - start_ns) / 1e6
 
 
+def _dict_stamp_ns(body: dict[str, Any]) -> int:
+    """The header stamp of a message read as a dict (`classification_to_dict` and its twin)."""
+    stamp = body["header"]["stamp"]
+    return int(stamp["sec"]) * SEC + int(stamp["nanosec"])
+
+
 def parse_classification(msg: Any) -> tuple[int, str, float]:
     """(image stamp ns, top-1 class, score) from vision_msgs/Classification or its JSON twin."""
     body = classification_to_dict(msg)
-    stamp = body["header"]["stamp"]["sec"] * SEC + body["header"]["stamp"]["nanosec"]
+    stamp = _dict_stamp_ns(body)
     best = _best(body.get("results") or [])
     return stamp, best[0], best[1]
 
@@ -200,7 +206,7 @@ def parse_detections(msg: Any) -> tuple[int, tuple[RoiAnswer, ...]]:
     """(image stamp ns, each detection's id and best hypothesis) from `classified_detections`,
     vision_msgs/Detection2DArray or its JSON twin. A detection without results has top-1 ""."""
     body = detections_to_dict(msg)
-    stamp = body["header"]["stamp"]["sec"] * SEC + body["header"]["stamp"]["nanosec"]
+    stamp = _dict_stamp_ns(body)
     answers = []
     for det in body.get("detections") or []:
         top1, score = _best(det.get("results") or [])

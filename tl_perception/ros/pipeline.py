@@ -62,7 +62,7 @@ from tl_perception.smoothing import (
     DEFAULT_TRACK_TIMEOUT_S,
     SmoothingConfig,
 )
-from tl_perception.stamps import is_unstamped, stamp_to_ns
+from tl_perception.stamps import SEC, is_unstamped, stamp_to_ns
 
 LOG_THROTTLE_S = 5.0
 
@@ -137,8 +137,7 @@ class _Job:
 
     @property
     def stamp_s(self) -> float:
-        stamp = self.image.header.stamp
-        return stamp.sec + stamp.nanosec * 1e-9
+        return stamp_to_ns(self.image.header.stamp) / SEC
 
 
 @dataclass(frozen=True)

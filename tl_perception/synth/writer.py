@@ -26,6 +26,7 @@ import numpy as np
 
 from tl_perception.errors import TlPerceptionError
 from tl_perception.images import image_fields, rgb_to_compressed
+from tl_perception.stamps import SEC, ns_to_sec_nanosec
 from tl_perception.synth.detector import (
     DEFAULT_NOISE_LEVEL,
     Detection,
@@ -45,7 +46,7 @@ DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 DETECTOR_LATENCY_NS = 20_000_000  # /detections follows its image by 20 ms (at most half a period)
 DEFAULT_SIZE = (160, 120)
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3", "ros1")
-START_NS = 1_700_000_000 * 1_000_000_000  # a realistic epoch for the first frame
+START_NS = 1_700_000_000 * SEC  # a realistic epoch for the first frame
 LABEL_LEAD_NS = 1_000_000  # the label arrives 1 ms before the frame it describes
 FRAME_ID = "camera"
 JPEG_QUALITY = 90
@@ -316,9 +317,8 @@ class _BagSink:
         self._write(LABEL_TOPIC, msgtype, t_ns, self._types[msgtype](data=text))
 
     def _header(self, stamp_ns: int, seq: int = 0) -> Any:
-        stamp = self._types["builtin_interfaces/msg/Time"](
-            sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000
-        )
+        sec, nanosec = ns_to_sec_nanosec(stamp_ns)
+        stamp = self._types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
         header_fields: dict[str, Any] = {"stamp": stamp, "frame_id": FRAME_ID}
         if self._ros1:
             header_fields["seq"] = seq
