@@ -12,21 +12,17 @@ camera). Header stamps are the recording times; frame_id is "camera". The bag is
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from tl_perception.bag.writer import BagWriter, Det
 from tl_perception.errors import TlPerceptionError
 from tl_perception.images import image_fields, rgb_to_compressed
-from tl_perception.stamps import SEC, ns_to_sec_nanosec
+from tl_perception.stamps import SEC
 from tl_perception.synth.detector import (
     DEFAULT_NOISE_LEVEL,
     Detection,
@@ -154,7 +150,8 @@ def write_synthetic_bag(
         raise TlPerceptionError("--detector-noise applies to --kind road only")
     image_topic = COMPRESSED_TOPIC if spec.compressed else IMAGE_TOPIC
     timing = _Spec(frames, spec.seed, size, round(1e9 / spec.rate), spec.compressed)
-    with _staged(out) as staged, _BagSink(staged, storage, image_topic) as sink:
+    with BagWriter(out, storage, overwrite=overwrite) as bag:
+        sink = _BagSink(bag, image_topic)
         if road:
             noise = detector_noise or DetectorNoise.from_level(DEFAULT_NOISE_LEVEL)
             road_summary = _write_road(sink, timing, chosen, noise)
@@ -205,21 +202,6 @@ def _check_options(
         raise TlPerceptionError(f"{out} already exists; remove it or choose another OUT")
 
 
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """A path beside `out` to write to; renamed onto `out` only when the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
-    try:
-        staged = stage / out.name
-        yield staged
-        if out.exists():
-            _remove(out)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def _write_runs(sink: _BagSink, spec: _Spec, kind: str, runs: Sequence[Run]) -> None:
     for frame in drive_frames(kind, runs, spec.seed, spec.size):
         t_ns = spec.stamp(frame.index)
@@ -264,115 +246,26 @@ def _write_road(
     )
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 class _BagSink:
-    """One writer API over rosbag2 (CDR) and rosbag1 (ROS 1 serialisation)."""
+    """The drive's messages (label, camera image, detections) through the one bag writer."""
 
-    def __init__(self, path: Path, storage: str, image_topic: str) -> None:
-        from rosbags.typesys import Stores, get_typestore
-
-        from tl_perception.msgdefs import ros2_typestore
-
-        self._ros1 = storage == "ros1"
-        self._store = get_typestore(Stores.ROS1_NOETIC) if self._ros1 else ros2_typestore()
-        self._types = self._store.types
-        if self._ros1:
-            from rosbags.rosbag1 import Writer as Writer1
-
-            self._writer: Any = Writer1(path)
-        else:
-            from rosbags.rosbag2 import StoragePlugin
-            from rosbags.rosbag2 import Writer as Writer2
-
-            plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-            self._writer = Writer2(path, version=9, storage_plugin=plugin)
+    def __init__(self, bag: BagWriter, image_topic: str) -> None:
+        self._bag = bag
         self._image_topic = image_topic
-        self._conns: dict[str, Any] = {}
-        self._seq = 0
-
-    def __enter__(self) -> _BagSink:
-        self._writer.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._writer.close()
-
-    def _write(self, topic: str, msgtype: str, t_ns: int, msg: Any) -> None:
-        if topic not in self._conns:
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self._store)
-        if self._ros1:
-            data = self._store.serialize_ros1(msg, msgtype)
-        else:
-            data = self._store.serialize_cdr(msg, msgtype)
-        self._writer.write(self._conns[topic], t_ns, data)
 
     def label(self, t_ns: int, text: str) -> None:
-        msgtype = "std_msgs/msg/String"
-        self._write(LABEL_TOPIC, msgtype, t_ns, self._types[msgtype](data=text))
-
-    def _header(self, stamp_ns: int, seq: int = 0) -> Any:
-        sec, nanosec = ns_to_sec_nanosec(stamp_ns)
-        stamp = self._types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
-        header_fields: dict[str, Any] = {"stamp": stamp, "frame_id": FRAME_ID}
-        if self._ros1:
-            header_fields["seq"] = seq
-        return self._types["std_msgs/msg/Header"](**header_fields)
+        self._bag.string(LABEL_TOPIC, t_ns, text)
 
     def image(self, t_ns: int, rgb: np.ndarray, compressed: bool) -> None:
-        header = self._header(t_ns, self._seq)
-        self._seq += 1
         if compressed:
-            msgtype = "sensor_msgs/msg/CompressedImage"
-            data = np.frombuffer(rgb_to_compressed(rgb, "jpeg", JPEG_QUALITY), dtype=np.uint8)
-            msg = self._types[msgtype](header=header, format="jpeg", data=data)
+            jpeg = rgb_to_compressed(rgb, "jpeg", JPEG_QUALITY)
+            self._bag.compressed(self._image_topic, t_ns, jpeg, frame_id=FRAME_ID)
         else:
-            msgtype = "sensor_msgs/msg/Image"
-            fields = image_fields(rgb, "bgr8")
-            fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
-            msg = self._types[msgtype](header=header, **fields)
-        self._write(self._image_topic, msgtype, t_ns, msg)
+            self._bag.image(self._image_topic, t_ns, image_fields(rgb, "bgr8"), frame_id=FRAME_ID)
 
     def detections(
         self, topic: str, t_ns: int, stamp_ns: int, detections: Sequence[Detection]
     ) -> None:
         """A Detection2DArray whose header (and each detection's) is the image's header."""
-        types = self._types
-        header = self._header(stamp_ns)
-        items = []
-        for det in detections:
-            box = det.box
-            center = types["vision_msgs/msg/Pose2D"](
-                position=types["vision_msgs/msg/Point2D"](x=box.center_x, y=box.center_y),
-                theta=0.0,
-            )
-            bbox = types["vision_msgs/msg/BoundingBox2D"](
-                center=center, size_x=box.size_x, size_y=box.size_y
-            )
-            result = types["vision_msgs/msg/ObjectHypothesisWithPose"](
-                hypothesis=types["vision_msgs/msg/ObjectHypothesis"](
-                    class_id=det.class_id, score=det.score
-                ),
-                pose=self._empty_pose(),
-            )
-            item = types["vision_msgs/msg/Detection2D"](
-                header=header, results=[result], bbox=bbox, id=det.id
-            )
-            items.append(item)
-        msg = types[DETECTIONS_TYPE](header=header, detections=items)
-        self._write(topic, DETECTIONS_TYPE, t_ns, msg)
-
-    def _empty_pose(self) -> Any:
-        types = self._types
-        pose = types["geometry_msgs/msg/Pose"](
-            position=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
-            orientation=types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
-        )
-        return types["geometry_msgs/msg/PoseWithCovariance"](
-            pose=pose, covariance=np.zeros(36, dtype=np.float64)
-        )
+        dets = [Det(d.box, ((d.class_id, d.score),), d.id) for d in detections]
+        self._bag.detections(topic, t_ns, dets, stamp_ns)
