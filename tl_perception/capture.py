@@ -54,7 +54,7 @@ from tl_perception.dataset import (
     write_dataset,
 )
 from tl_perception.errors import TlPerceptionError, one_line
-from tl_perception.fsutil import atomic_write_bytes
+from tl_perception.fsutil import atomic_write_bytes, file_sha256
 from tl_perception.stamps import SEC
 
 if TYPE_CHECKING:
@@ -136,11 +136,8 @@ class CaptureContext:
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> CaptureContext:
         """Hashes model.keras (reads the file: call it when the model is loaded, not per frame)."""
-        digest = hashlib.sha256()
-        with open(bundle.model_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return cls(str(bundle.path), digest.hexdigest(), bundle.class_names, bundle.crop_policy)
+        digest = file_sha256(bundle.model_path)
+        return cls(str(bundle.path), digest, bundle.class_names, bundle.crop_policy)
 
     @property
     def model(self) -> str:

@@ -6,6 +6,7 @@ An interrupted run therefore leaves either the old file or the new one, never ha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -64,6 +65,15 @@ def atomic_save_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any
     finally:
         plt.close(figure)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (model files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def user_cache_dir() -> Path:

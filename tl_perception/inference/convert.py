@@ -30,7 +30,12 @@ import numpy as np
 
 from tl_perception.bundle import Bundle
 from tl_perception.errors import BundleError, one_line
-from tl_perception.fsutil import atomic_write_bytes, atomic_write_json, user_cache_dir
+from tl_perception.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_sha256,
+    user_cache_dir,
+)
 
 SIDECAR_FILE = "model.tflite.json"
 QUANTIZE_MODES = (None, "float16", "int8")
@@ -77,14 +82,6 @@ def keras_to_tflite(
             tail = log().strip().splitlines()[-3:]
             detail = f" ({' | '.join(tail)})" if tail else ""
             raise BundleError(one_line(f"TFLite conversion failed: {err}{detail}")) from err
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tflite_cache_dir() -> Path:
