@@ -1,11 +1,19 @@
 """Crash-safe writes: everything lands under a temporary name first and is renamed into place.
 
 An interrupted run therefore leaves either the old file or the new one, never half of either.
+That holds for a process that dies; a *power cut* can still lose data the kernel had not written
+yet, and after one an unsynced rename may point at an empty file. Writes that must survive a
+power cut (a capture's dataset.json, manifest and images on a car) are therefore *durable*:
+`durable=True`, or any atomic write inside `with durable_writes():`, fsyncs the file before the
+rename and the directory after it (and every directory it had to create), so once the call
+returns the new content is on the disk. Durable writes cost an fsync each, so extraction and
+training, which can simply run again, do not use them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -30,24 +38,72 @@ FILE_MODE = 0o666 & ~_UMASK
 DIR_MODE = 0o777 & ~_UMASK
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+#: Whether atomic writes in this context are durable (see `durable_writes`).
+_DURABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("durable_writes", default=False)
+
+
+@contextlib.contextmanager
+def durable_writes() -> Iterator[None]:
+    """Make every atomic write of this thread (context) durable until the block ends.
+
+    For callers that write through another module's writer (e.g. `dataset.write_dataset`),
+    which need not know that its files must survive a power cut.
+    """
+    token = _DURABLE.set(True)
+    try:
+        yield
+    finally:
+        _DURABLE.reset(token)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """fsync a directory, so the names created, renamed or removed in it are on the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_directories(path: str | os.PathLike[str], *, durable: bool = False) -> None:
+    """`mkdir -p path`; `durable`: fsync the parent of every directory it creates."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    if durable:
+        for created in reversed(missing):
+            fsync_directory(created.parent)
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, durable: bool | None = None
+) -> Path:
     """Write `data` to `path` through a temporary file in the same directory.
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600, so
-    bundles and datasets stay readable by the other users of a robot.
+    bundles and datasets stay readable by the other users of a robot. `durable` (None: inside
+    `durable_writes()` or not) fsyncs the file before the rename and the directory after it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    durable = _DURABLE.get() if durable is None else durable
+    make_directories(path.parent, durable=durable)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if durable:
+        fsync_directory(path.parent)
     return path
 
 
@@ -85,14 +141,19 @@ def user_cache_dir() -> Path:
     return Path(base) / "tl_perception"
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 text atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, *, durable: bool | None = None
+) -> Path:
+    """Write UTF-8 text atomically (`durable` as in `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, *, durable: bool | None = None
+) -> Path:
     """Write pretty, key-sorted JSON atomically (stable diffs, readable by hand)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    return atomic_write_text(path, text, durable=durable)
 
 
 @contextlib.contextmanager
