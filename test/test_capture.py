@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -205,13 +207,106 @@ def test_roi_crops_record_box_track_and_crop_policy(tmp_path: Path) -> None:
                 assert cap.offer(item(0, t_s=t * 0.1, rgb=rgb, box=box, track=f"obj{k}"))
     rows = read_manifest(tmp_path / "cap")
     assert len(rows) == 6
-    assert {r["sequence"].rsplit(":", 1)[-1] for r in rows} == {"obj0", "obj1"}
+    assert {r["sequence"].split(":id:", 1)[1].split(":")[0] for r in rows} == {"obj0", "obj1"}
+    assert len({r["sequence"] for r in rows}) == 2  # 0.1 s apart: one run per track
     row = next(r for r in rows if r["track"] == "obj1")
     assert (float(row["box_x"]), float(row["box_y"]), float(row["box_w"])) == (90, 40, 40)
     index = read_dataset(tmp_path / "cap")
     assert index.crop_policy == policy
     with pytest.raises(CaptureError, match="holds crops cut with"):
         capture(tmp_path, context=CONTEXT)  # a whole-frame model cannot continue this capture
+
+
+def open_when_free(tmp_path: Path, timeout: float = 10.0) -> HardFrameCapture:
+    """A new capture of the same directory, once the previous writer has let it go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return capture(tmp_path)
+        except CaptureError as err:
+            if "in use" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_writer_still_busy_at_close_never_keeps_the_directory(tmp_path: Path) -> None:
+    """close() while the writer has a full queue to write: past the timeout it drops what is
+    left (counted) and lets the directory go, so a later capture of this process opens it."""
+    big = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    cap = capture(tmp_path, queue_size=4)
+    assert cap.offer(item(0, rgb=big))  # seconds of PNG encoding for the writer
+    deadline = time.monotonic() + 10
+    while cap.counts()["pending"] and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the writer took it and is encoding it
+    assert all(cap.offer(item(i, t_s=i)) for i in range(1, 5))  # the queue is full again
+    assert not cap.close(timeout=0.0)  # the writer is far from done
+    again = open_when_free(tmp_path)
+    counts = cap.counts()
+    assert counts["written"] + counts["abandoned"] == 5 and counts["pending"] == 0
+    assert len(read_manifest(tmp_path / "cap")) == counts["written"] == again.counts()["existing"]
+    assert again.offer(item(9, t_s=9.0))
+    assert again.close(timeout=10) and again.counts()["written"] == 1
+    assert not temp_files(tmp_path / "cap")
+
+
+def test_crops_of_one_track_are_sequences_bounded_in_time(tmp_path: Path) -> None:
+    """A fixed ROI (`roi0`) lives as long as the node: its crops must not all be one sequence
+    (one split of a merge). A track is a run of crops no more than 5 s apart, also after a
+    restart."""
+    box = Box.from_xywh(0, 0, 10, 10)
+    with capture(tmp_path) as cap:
+        for t in (0.0, 1.0, 2.0, 30.0, 31.0, 100.0):
+            assert cap.offer(item(int(t), t_s=t, box=box, track="roi0"))
+        assert cap.offer(item(7, t_s=1.5, box=box, track="roi1"))
+    with capture(tmp_path) as resumed:
+        assert resumed.offer(item(8, t_s=102.0, box=box, track="roi0"))  # joins the last run
+    rows = sorted(read_manifest(tmp_path / "cap"), key=lambda r: int(r["stamp_ns"]))
+    runs = [r["sequence"] for r in rows if r["track"] == "roi0"]
+    assert len(runs) == 7 and len(set(runs)) == 3
+    assert runs[0] == runs[1] == runs[2] != runs[3] == runs[4] != runs[5] == runs[6]
+    assert {r["sequence"] for r in rows if r["track"] == "roi1"}.isdisjoint(runs)
+
+
+@pytest.mark.parametrize("damaged", [SUMMARY_FILE, MANIFEST_FILE])
+def test_a_file_truncated_by_a_power_cut_is_a_one_line_capture_error(
+    tmp_path: Path, damaged: str
+) -> None:
+    filled = filled_capture(tmp_path, 3)
+    path = filled / damaged
+    truncated = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(truncated)
+    with pytest.raises(DatasetError, match=re.escape(damaged)) as err:
+        capture(tmp_path)
+    assert "\n" not in str(err.value)
+    assert not (filled / LOCK_FILE).exists()  # the directory is not left locked
+    assert path.read_bytes() == truncated  # nothing is "repaired" behind the user's back
+
+
+@pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace is not installed (it shows the fsyncs)"
+)
+def test_capture_writes_survive_a_power_cut_fsync_of_images_rows_and_directories(
+    tmp_path: Path,
+) -> None:
+    """Each image, manifest.csv and dataset.json are fsynced before and their directory after
+    the rename, so a manifest never lists an image the disk does not hold."""
+    from test_fsutil import fsynced
+
+    code = (
+        "import numpy as np\n"
+        "from pathlib import Path\n"
+        "from tl_perception.capture import CaptureConfig, CaptureContext, CaptureItem, "
+        "HardFrameCapture\n"
+        "ctx = CaptureContext('/b', 'ab' * 32, ('red',))\n"
+        "with HardFrameCapture(CaptureConfig(Path('cap'), 0.5), ctx) as cap:\n"
+        "    cap.offer(CaptureItem(np.zeros((8, 8, 3), np.uint8), 'front', (1, 2), 'red', 0.1))\n"
+    )
+    paths = fsynced(code, tmp_path)
+    root = str((tmp_path / "cap").resolve())
+    png = r"train/unlabeled/\.cap-[0-9a-f]{8}_front_1000000002\.png"
+    for name in (re.escape(SUMMARY_FILE), re.escape(MANIFEST_FILE), png):
+        assert any(re.fullmatch(rf"{root}/(?:{name}|\.{name})\.[^/]*\.tmp", p) for p in paths), name
+    assert {root, f"{root}/train", f"{root}/train/unlabeled"} <= set(paths)
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,20 @@ encodes PNGs, writes each under a hidden temp name and renames it into
 `DIR/train/unlabeled/`, then rewrites `manifest.csv` and `dataset.json` through
 `tl_perception.dataset` (both atomically). The directory is therefore a dataset in the extraction
 format whenever anyone looks (`read_dataset` reads it, `finetune` would train on it once
-labelled), and an interrupted capture loses at most the images still in the queue.
+labelled), and an interrupted capture loses at most the images still in the queue. Every write is
+durable (`fsutil.durable_writes`: file and directory fsynced), so a car's power cut, too, leaves
+a directory whose manifest lists only images that are on the disk.
 
 The limits protect the car's disk: `max_per_minute` over a sliding 60 s window of wall time
 (monotonic), `max_total` over the directory's whole life, so a capture resumed after a restart
 counts what is already there. A disk that fails (full, unplugged, read-only) is logged once and
-counted (`write_errors`); it never raises into the caller.
+counted (`write_errors`); it never raises into the caller. `close` waits a bounded time: a writer
+still busy then finishes the image it is writing, drops the rest (counted, `abandoned`) and
+releases the directory, so the next capture of the process can open it.
 
 Rows carry, beside the extraction columns, the camera, the predicted class, its score and the
 model (`dataset.CAPTURE_COLUMNS`); `sequence` groups near-identical captures so that a later merge
-keeps them in one split: one track's crops, or one camera's frames without a gap over `gap_s`.
+keeps them in one split: one camera's frames, or one track's crops, without a gap over `gap_s`.
 `tl-perception label` and `tl-perception merge` (tl_perception/loop/) close the loop.
 """
 
@@ -54,7 +58,7 @@ from tl_perception.dataset import (
     write_dataset,
 )
 from tl_perception.errors import TlPerceptionError, one_line
-from tl_perception.fsutil import atomic_write_bytes, file_sha256
+from tl_perception.fsutil import atomic_write_bytes, durable_writes, file_sha256
 from tl_perception.stamps import SEC
 
 if TYPE_CHECKING:
@@ -68,6 +72,8 @@ CAPTURE_GAP_S = 5.0
 WINDOW_S = 60.0
 LOCK_FILE = ".tl_perception.lock"
 DEFAULT_QUEUE = 16
+#: How often an idle writer looks whether it was told to stop (the sentinel usually wakes it).
+_POLL_S = 0.5
 #: Camera and track names are shortened in file names, which must stay under 255 bytes.
 _NAME_PART = 40
 COUNT_KEYS: tuple[str, ...] = (
@@ -81,6 +87,7 @@ COUNT_KEYS: tuple[str, ...] = (
     "write_errors",
     "invalid",
     "existing",
+    "abandoned",
 )
 
 Log = Callable[[str], None]
@@ -179,29 +186,32 @@ class CaptureItem:
 class RunTracker:
     """The `sequence` of each captured image, so that near-identical captures stay together.
 
-    A crop with a track is in its track's sequence; anything else is in a run of one camera's
-    images whose stamps are no more than `gap_s` apart, named by the run's first stamp. Feeding
-    images in stamp order (as a merge does) gives the same names as the live capture.
+    A sequence is a run of images whose stamps are no more than `gap_s` apart, named by the
+    run's first stamp: per camera for whole frames, per camera and track for crops. Tracks are
+    runs too, not one sequence for ever: a fixed ROI (`roi0`) or a detector that reuses ids
+    (class names, a constant) would otherwise put every crop of the capture's life in one
+    sequence, hence one split of a later merge. Feeding images in stamp order (as a merge does)
+    gives the same names as the live capture.
     """
 
     def __init__(self, source: str, gap_s: float = CAPTURE_GAP_S) -> None:
         self.source = source
         self.gap_ns = round(gap_s * 1e9)
-        self._last: dict[str, tuple[str, int]] = {}
+        self._last: dict[tuple[str, str], tuple[str, int]] = {}
 
-    def seed(self, camera: str, sequence: str, stamp_ns: int) -> None:
-        """Continue camera `camera`'s run `sequence` (a resumed capture)."""
-        self._last[camera] = (sequence, stamp_ns)
+    def seed(self, camera: str, sequence: str, stamp_ns: int, track: str = "") -> None:
+        """Continue the run `sequence` of `camera` (and `track`) (a resumed capture)."""
+        self._last[(camera, track)] = (sequence, stamp_ns)
 
     def sequence(self, camera: str, stamp_ns: int, track: str = "") -> str:
-        if track:
-            return f"{self.source}:{camera}:id:{track}"
-        last = self._last.get(camera)
+        key = (camera, track)
+        last = self._last.get(key)
         if last is None or abs(stamp_ns - last[1]) > self.gap_ns:
-            name = f"{self.source}:{camera}:{stamp_ns}"
+            stream = f"{camera}:id:{track}" if track else camera
+            name = f"{self.source}:{stream}:{stamp_ns}"
         else:
             name = last[0]
-        self._last[camera] = (name, stamp_ns)
+        self._last[key] = (name, stamp_ns)
         return name
 
 
@@ -333,7 +343,8 @@ class HardFrameCapture:
         self._counts.values["existing"] = self._counts.reserved = len(self._store.rows)
         self._queue: queue.Queue[CaptureItem | None] = queue.Queue(config.queue_size)
         self._closed = False
-        self._stop_sent = False
+        self._stopping = threading.Event()  # close(): write what is queued, then end
+        self._abandon = threading.Event()  # close() timed out: drop what is still queued
         self._error_logged = False
         self._thread = threading.Thread(target=self._run, name="hard-frame-capture", daemon=True)
         if self._counts.reserved >= config.max_total:
@@ -411,21 +422,30 @@ class HardFrameCapture:
     def close(self, timeout: float = 5.0) -> bool:
         """Stop accepting, write what is queued, release the directory.
 
-        True when everything was written (or failed and was counted) within `timeout` seconds;
-        False when the writer is still busy (it finishes on its own; `counts()['pending']`).
+        True when everything was written (or failed and was counted) within `timeout` seconds.
+        False when the writer was still busy then: it finishes the image it is writing, drops
+        the rest (counted as `abandoned`) and releases the directory moments later on its own
+        (`wait` for it). Either way the directory is never held for ever.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
             self._closed = True
-        if not self._thread.is_alive() and self._thread.ident is None:
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes an idle writer at once (else it polls)
+        if self._thread.ident is None:
             self._thread.start()  # never started: write what was queued before closing
-        if not self._stop_sent:
-            try:
-                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Full:
-                return False
-            self._stop_sent = True
         self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._abandon.set()
+            return False
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """After `close`: wait up to `timeout` s for the writer to end; True once it has (the
+        directory is free)."""
+        if self._thread.ident is not None:
+            self._thread.join(max(0.0, timeout))
         return not self._thread.is_alive()
 
     def __enter__(self) -> HardFrameCapture:
@@ -438,19 +458,41 @@ class HardFrameCapture:
 
     def _run(self) -> None:
         try:
-            stop = False
-            while not stop:
-                batch = [self._queue.get()]
-                with contextlib.suppress(queue.Empty):
-                    while len(batch) < self.config.queue_size + 1:
-                        batch.append(self._queue.get_nowait())
-                stop = None in batch
-                self._write([item for item in batch if item is not None])
+            while True:
+                batch = self._take()
+                if batch:
+                    self._write(batch)
+                if self._stopping.is_set() and self._queue.empty():
+                    return  # closed and everything written (or abandoned)
         finally:
             self._store.release()
 
+    def _take(self) -> list[CaptureItem]:
+        """What is queued now (waiting up to `_POLL_S` for the first item); [] once abandoned."""
+        try:
+            batch = [self._queue.get(timeout=_POLL_S)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < self.config.queue_size + 1:
+                batch.append(self._queue.get_nowait())
+        items = [item for item in batch if item is not None]
+        if self._abandon.is_set():
+            self._drop(len(items))
+            return []
+        return items
+
+    def _drop(self, count: int) -> None:
+        """Images never written because close timed out: counted, their max_total slots freed."""
+        with self._lock:
+            self._counts.values["abandoned"] += count
+            self._counts.reserved -= count
+
     def _write(self, items: list[CaptureItem]) -> None:
-        for item in items:
+        for done, item in enumerate(items):
+            if self._abandon.is_set():
+                self._drop(len(items) - done)
+                break
             try:
                 self._store.add(item)
             except Exception as err:  # a full disk or anything else: count it, keep capturing
@@ -536,19 +578,32 @@ class _CaptureDir:
         except OSError as err:
             raise CaptureError(f"cannot use capture directory {str(root)!r}: {err}") from err
         try:
-            summary = read_summary(root)
-            if summary is None:
-                _require_empty(root)
-                name = f"{slug(root.name)[:_NAME_PART] or 'capture'}-{secrets.token_hex(4)}"
-            else:
-                name = _check_resumable(root, summary, capture_record(summary), context)
-            store = cls(root, name, context, lock)
-            store.resume(summary, config)
-            if summary is None:  # name it on disk before any image lands (crash-safe resume)
-                store.flush(dict.fromkeys(COUNT_KEYS, 0))
+            store = cls._resume_or_create(root, config, context, lock)
+        except OSError as err:  # unreadable (permissions), or the first flush (a full disk)
+            lock.release()
+            raise CaptureError(
+                f"cannot use capture directory {str(root)!r}: {one_line(err)}"
+            ) from err
         except BaseException:
             lock.release()
             raise
+        return store
+
+    @classmethod
+    def _resume_or_create(
+        cls, root: Path, config: CaptureConfig, context: CaptureContext, lock: DirectoryLock
+    ) -> _CaptureDir:
+        """Continue the capture in the locked `root`, or start one there (named on disk)."""
+        summary = read_summary(root)
+        if summary is None:
+            _require_empty(root)
+            name = f"{slug(root.name)[:_NAME_PART] or 'capture'}-{secrets.token_hex(4)}"
+        else:
+            name = _check_resumable(root, summary, capture_record(summary), context)
+        store = cls(root, name, context, lock)
+        store.resume(summary, config)
+        if summary is None:  # name it on disk before any image lands (crash-safe resume)
+            store.flush(dict.fromkeys(COUNT_KEYS, 0))
         return store
 
     def resume(self, summary: Mapping[str, Any] | None, config: CaptureConfig) -> None:
@@ -565,15 +620,15 @@ class _CaptureDir:
         rows = read_manifest(self.root) if summary is not None else []
         self.rows = {row["path"]: row for row in rows}
         self.names = {row["path"].rsplit("/", 1)[-1] for row in rows}
-        latest: dict[str, dict[str, str]] = {}
+        latest: dict[tuple[str, str], dict[str, str]] = {}
         for row in rows:
-            if row.get("bag") != self.source or row.get("track"):
+            if row.get("bag") != self.source:
                 continue
-            camera = row.get("camera", "")
-            if camera not in latest or int(row["stamp_ns"]) > int(latest[camera]["stamp_ns"]):
-                latest[camera] = row
-        for camera, row in latest.items():
-            self.runs.seed(camera, row["sequence"], int(row["stamp_ns"]))
+            key = (row.get("camera", ""), row.get("track", ""))
+            if key not in latest or int(row["stamp_ns"]) > int(latest[key]["stamp_ns"]):
+                latest[key] = row
+        for (camera, track), row in latest.items():
+            self.runs.seed(camera, row["sequence"], int(row["stamp_ns"]), track)
         self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
@@ -599,7 +654,7 @@ class _CaptureDir:
         stamp_ns = item.stamp_ns
         name = self._name(item, stamp_ns)
         rel = f"{CAPTURE_SPLIT}/{UNLABELED_DIR}/{name}"
-        atomic_write_bytes(self.root / rel, buf.tobytes())
+        atomic_write_bytes(self.root / rel, buf.tobytes(), durable=True)
         self.names.add(name)
         self.rows[rel] = {
             "path": rel,
@@ -634,22 +689,22 @@ class _CaptureDir:
         """Rewrite manifest.csv and dataset.json; returns how many new rows that listed."""
         rows = list(self.rows.values())
         mine = [row for row in rows if row.get("bag") == self.source]
-        write_dataset(
-            self.root,
-            rows,
-            [
-                {
-                    "name": self.source,
-                    "kind": "capture",
-                    "path": str(self.root),
-                    "sha256": content_digest(mine),
-                    "images": len(mine),
-                }
-            ],
-            options={"capture": self.record},
-            last_run={"capture": dict(counts)},
-            crop_policy=_policy_record(self.context.crop_policy),
-        )
+        source = {
+            "name": self.source,
+            "kind": "capture",
+            "path": str(self.root),
+            "sha256": content_digest(mine),
+            "images": len(mine),
+        }
+        with durable_writes():  # the images it lists were fsynced before: a power cut loses none
+            write_dataset(
+                self.root,
+                rows,
+                [source],
+                options={"capture": self.record},
+                last_run={"capture": dict(counts)},
+                crop_policy=_policy_record(self.context.crop_policy),
+            )
         flushed, self.unflushed = self.unflushed, 0
         return flushed
 
