@@ -8,6 +8,7 @@ import pytest
 from tl_perception.errors import TlPerceptionError
 from tl_perception.smoothing import (
     DEFAULT_ALPHA,
+    DEFAULT_MAX_TRACKS,
     DEFAULT_MODE,
     DEFAULT_SWITCH_FRAMES,
     DEFAULT_TRACK_TIMEOUT_S,
@@ -71,6 +72,8 @@ def test_defaults_come_from_the_constants() -> None:
         ({"track_timeout_s": 0.0}, "track_timeout_s"),
         ({"track_timeout_s": float("inf")}, "track_timeout_s"),
         ({"track_timeout_s": -1}, "track_timeout_s"),
+        ({"max_tracks": 0}, "max_tracks"),
+        ({"max_tracks": 2.0}, "max_tracks"),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_parameter(kwargs: dict, names: str) -> None:
@@ -257,6 +260,37 @@ def test_a_bag_loop_drops_keys_from_the_future() -> None:
     smoother.update("track/2", onehot(0), 100.0)
     smoother.update("track/3", onehot(0), 0.5)  # the bag started again
     assert smoother.keys() == ["track/3"]
+
+
+def test_a_jump_back_restarts_every_key_not_only_the_one_that_saw_it() -> None:
+    smoother = LabelSmoother(SmoothingConfig(mode="none", switch_frames=3, track_timeout_s=5.0))
+    for t in (10.0, 10.1):
+        smoother.update("a", onehot(0), t)
+        smoother.update("b", onehot(0), t)
+    out = smoother.update("a", onehot(1), 9.0)  # the simulator was reset
+    assert (out.class_index, out.held) == (1, False)
+    assert smoother.keys() == ["a"] and smoother.restarts == 1
+    # b's first frame on the new clock is published at once too, not held by the old state
+    assert smoother.update("b", onehot(2), 9.0).class_index == 2
+
+
+def test_tracks_are_capped_least_recently_seen_first_when_stamps_never_advance() -> None:
+    """Unstamped frames (stamp 0) never time a track out and a detector may invent an id per
+    box: the state stays bounded, the oldest keys go first, and a key in use is kept."""
+    smoother = LabelSmoother(SmoothingConfig(mode="none", switch_frames=2, max_tracks=64))
+    smoother.update("steady", onehot(0), 0.0)
+    for i in range(5000):
+        smoother.update(f"box{i}", onehot(1), 0.0)
+        if i % 10 == 0:
+            smoother.update("steady", onehot(0), 0.0)
+    assert len(smoother) == 64 and smoother.evicted == 5000 + 1 - 64
+    kept = smoother.keys()
+    assert "steady" in kept and "box0" not in kept and kept[-1] == "box4999"
+    # the default cap holds too
+    default = LabelSmoother()
+    for i in range(DEFAULT_MAX_TRACKS + 10):
+        default.update(str(i), onehot(0), 0.0)
+    assert len(default) == DEFAULT_MAX_TRACKS
 
 
 def test_another_number_of_classes_resets_every_key() -> None:

@@ -12,7 +12,14 @@ stream key (a camera name in full-frame mode, camera + track id in ROI mode):
 
 Time is the message stamp, never the wall clock, so a bag replay behaves as the drive did: a key
 not updated for `track_timeout_s` is forgotten (Autoware holds a colour for 2 s, Apollo revises
-over 1.5 s), and a stamp that goes backwards (a bag loop, a restarted driver) restarts that key.
+over 1.5 s), and a stamp that goes backwards (a bag loop, a simulator reset, a restarted driver)
+restarts every key: the clock jumped, so no state from before the jump means anything after it.
+
+Memory is bounded whatever the stamps do: at most `max_tracks` keys are kept, the least recently
+seen one evicted (and counted) first, so a detector that invents an id per box, or frames whose
+stamp never advances (unstamped: no key ever times out), cannot grow it without limit. Keys are
+kept in the order they were last seen, which is also stamp order (stamps only move forward
+between jumps), so expiry and eviction look at the oldest end only: O(1) amortised per update.
 The measurement behind the defaults is in docs/performance.md ("Smoothing: flicker against
 delay"). ROS-free (numpy only), so it is tested and benchmarked without rclpy.
 """
@@ -20,6 +27,7 @@ delay"). ROS-free (numpy only), so it is tested and benchmarked without rclpy.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +41,9 @@ DEFAULT_MODE = "ema"
 DEFAULT_ALPHA = 0.5
 DEFAULT_SWITCH_FRAMES = 2
 DEFAULT_TRACK_TIMEOUT_S = 1.0
+#: Keys kept per smoother (one per camera). 32 new ids per frame at 30 Hz for a 1 s timeout are
+#: 960 live tracks; a few hundred bytes each, 1024 of them cost well under 1 MB.
+DEFAULT_MAX_TRACKS = 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class SmoothingConfig:
     alpha: float = DEFAULT_ALPHA
     switch_frames: int = DEFAULT_SWITCH_FRAMES
     track_timeout_s: float = DEFAULT_TRACK_TIMEOUT_S
+    max_tracks: int = DEFAULT_MAX_TRACKS
 
     def __post_init__(self) -> None:
         if self.mode not in SMOOTHING_MODES:
@@ -66,6 +78,9 @@ class SmoothingConfig:
                 f"track_timeout_s must be a positive number of seconds; got "
                 f"{self.track_timeout_s!r}"
             )
+        tracks: object = self.max_tracks
+        if isinstance(tracks, bool) or not isinstance(tracks, int) or tracks < 1:
+            raise TlPerceptionError(f"max_tracks must be an integer >= 1; got {self.max_tracks!r}")
 
     @property
     def passes_through(self) -> bool:
@@ -116,13 +131,17 @@ class LabelSmoother:
     """Per-key smoothing state; see the module docstring for the rules.
 
     Not thread-safe: the node calls it from its one worker thread. Code that shares one
-    instance between threads must hold a lock around every call.
+    instance between threads must hold a lock around every call. `evicted` and `restarts`
+    count keys dropped by `max_tracks` and backward stamp jumps, since creation.
     """
 
     def __init__(self, config: SmoothingConfig | None = None) -> None:
         self.config = config or SmoothingConfig()
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: OrderedDict[str, _Track] = OrderedDict()  # least recently seen first
         self._num_classes: int | None = None
+        self._newest = -math.inf  # the latest stamp seen since the last jump
+        self.evicted = 0
+        self.restarts = 0
 
     def __len__(self) -> int:
         """Keys remembered now (e.g. for /diagnostics)."""
@@ -135,25 +154,41 @@ class LabelSmoother:
         """Forget every key; call it on a model reload (class indices may mean other classes)."""
         self._tracks.clear()
         self._num_classes = None
+        self._newest = -math.inf
+
+    def discard(self, key: str) -> None:
+        """Forget one key (e.g. an id that stopped naming one object)."""
+        self._tracks.pop(key, None)
 
     def forget_older_than(self, now_s: float) -> int:
-        """Drop keys whose last stamp is more than `track_timeout_s` from `now_s`, either way.
+        """Advance the clock to `now_s`: drop the keys not seen for more than `track_timeout_s`.
 
-        A key far in the future of `now_s` is from before a bag loop or clock jump and would
-        otherwise never expire. Returns how many keys were dropped.
+        A `now_s` before the latest stamp seen is a jump back (a bag loop, a reset simulator):
+        every key is dropped, counted in `restarts`. Returns how many keys were dropped.
         """
-        timeout = self.config.track_timeout_s
-        stale = [k for k, t in self._tracks.items() if abs(now_s - t.stamp_s) > timeout]
-        for key in stale:
-            del self._tracks[key]
-        return len(stale)
+        if now_s < self._newest:
+            dropped = len(self._tracks)
+            self._tracks.clear()
+            self.restarts += 1
+            self._newest = now_s
+            return dropped
+        self._newest = now_s
+        limit, dropped = now_s - self.config.track_timeout_s, 0
+        while self._tracks:
+            oldest = next(iter(self._tracks.values()))
+            if oldest.stamp_s >= limit:
+                break
+            self._tracks.popitem(last=False)
+            dropped += 1
+        return dropped
 
     def update(self, key: str, probs: np.ndarray, stamp_s: float) -> Smoothed:
         """Fold one frame's (C,) class probabilities for `key` at `stamp_s` into its state.
 
         A new number of classes (another bundle) resets every key first; a stamp before the
-        key's last one restarts that key. Raises ValueError for a non-finite stamp or a vector
-        that is not 1-D, empty or non-finite (the state is left untouched then).
+        latest one seen restarts every key (`forget_older_than`). Raises ValueError for a
+        non-finite stamp or a vector that is not 1-D, empty or non-finite (the state is left
+        untouched then).
         """
         vector = _checked_vector(probs)
         if not math.isfinite(stamp_s):
@@ -163,14 +198,19 @@ class LabelSmoother:
             self._num_classes = vector.size
         self.forget_older_than(stamp_s)
         track = self._tracks.get(key)
-        if track is None or stamp_s < track.stamp_s:
+        if track is None:
             return self._start(key, vector, stamp_s)
+        self._tracks.move_to_end(key)
         return self._advance(track, vector, stamp_s)
 
     def _start(self, key: str, vector: np.ndarray, stamp_s: float) -> Smoothed:
-        """A key's first frame: nothing to hold, so its leader is published at once."""
+        """A key's first frame: nothing to hold, so its leader is published at once. Beyond
+        `max_tracks` keys the least recently seen one goes."""
         leader = int(np.argmax(vector))
         self._tracks[key] = _Track(vector, leader, leader, 0, stamp_s)
+        while len(self._tracks) > self.config.max_tracks:
+            self._tracks.popitem(last=False)
+            self.evicted += 1
         return Smoothed(vector.copy(), leader, held=False)
 
     def _advance(self, track: _Track, vector: np.ndarray, stamp_s: float) -> Smoothed:
