@@ -393,10 +393,13 @@ def _spin(executor: SingleThreadedExecutor, context: Context) -> None:
             return
 
 
-def start_node_process(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`classifier_node --ros-args ...` as `ros2 run` starts it (stderr captured)."""
+def start_node_process(
+    args: Sequence[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+) -> subprocess.Popen:
+    """`classifier_node --ros-args ...` as `ros2 run` starts it (stderr captured); `prefix`
+    runs it under another command (e.g. `setpriv ...`, `unshare ...`)."""
     return subprocess.Popen(
-        [str(NODE_SCRIPT), "--ros-args", *args],
+        [*prefix, str(NODE_SCRIPT), "--ros-args", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,9 +7,14 @@ releases the directory), reopened with the new bundle after a hot reload. The wo
 in ROI mode the crops the pipeline cut (the bundle's crop policy, or the exact box for a bundle
 without one, which is then recorded as the capture's policy: crops are never whole frames).
 
-A capture that cannot be reopened after a reload (e.g. the new bundle cuts crops with another
-policy than the directory holds) is logged as an error and stays off, shown in /diagnostics
-(WARN), until a later reload or the next activate opens it; classification goes on.
+Capture is optional, so no capture problem ever stops the node: a directory that cannot be used
+when the node activates or after a hot reload (a bundle with another crop policy than the
+directory holds, a dataset.json or manifest truncated by a power cut, no permission, a full disk
+at the first write, a previous writer of this process still busy) turns the capture off with one
+WARN line; /diagnostics shows `capture` = `off: <reason>` (WARN) until a later reload or the
+next activate opens it, and classification goes on. A writer that does not finish within
+`CLOSE_TIMEOUT_S` of a close drops what is still queued (counted) and ends after its current
+image; the next open waits for it, so the directory's lock is never held for ever.
 
 ROS-free (the logger is any object with `info`, `warning` and `error`).
 """
@@ -17,6 +22,7 @@ ROS-free (the logger is any object with `info`, `warning` and `error`).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +42,8 @@ from tl_perception.ros.rois import policy_for
 from tl_perception.ros.stats import ExtraStatus
 
 CLOSE_TIMEOUT_S = 5.0
+#: How long an open waits for a previous writer of this process that is still finishing.
+PREVIOUS_WRITER_WAIT_S = 10.0
 #: Counters that describe the directory now rather than add up over the node's life.
 _NOT_SUMMED = ("existing", "pending")
 
@@ -81,6 +89,7 @@ class HardFrames:
         # The open capture and the bundle it records, swapped as one reference (the worker reads
         # it without a lock).
         self._active: tuple[HardFrameCapture, Bundle] | None = None
+        self._finishing: list[HardFrameCapture] = []  # closed, writer still busy (a slow disk)
         self._failed = ""  # why the capture is off although it was asked for
         self._closed_counts: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
         self._errors_reported = 0
@@ -97,39 +106,54 @@ class HardFrames:
     def open(self, serving: Callable[[], Bundle]) -> None:
         """Open for the bundle `serving()` returns (activate); it is asked under the lock that
         `reopen` takes, so a hot reload racing the activate always ends with the new bundle.
-        Raises CaptureError (or DatasetError) when the directory cannot be used, so the
-        transition fails with that line."""
+        Never raises: a directory that cannot be used turns the capture off (one WARN)."""
         if self._config is None:
             return
         with self._life:
-            self._close_active()  # the directory's lock is one writer's
-            bundle = serving()
-            capture = self._make(bundle)
-            self._swap((capture, bundle), "")
             self._wanted = True
-        self._logs.info(
-            f"capturing hard {'crops' if self._roi_mode else 'frames'} (best score < "
-            f"{self._config.capture_below:g}) into {str(capture.directory)!r}"
-        )
+            self._open_for(serving(), "activate")
 
     def reopen(self, bundle: Bundle) -> None:
-        """After a hot reload, while open (or failed at an earlier reload): close, then open for
-        the new bundle. A failure turns the capture off (logged as an error), never raises."""
+        """After a hot reload, while open (or off since an earlier failure): close, then open
+        for the new bundle, exactly as an activate opens it. Never raises."""
         if self._config is None:
             return
         with self._life:
             if not self._wanted:
                 return  # inactive: the next activate opens it for the bundle serving then
-            self._close_active()
-            try:
-                capture = self._make(bundle)
-            except TlPerceptionError as err:
-                reason = one_line(err)
-                self._swap(None, reason)
-                self._logs.error(f"hard-frame capture is off after the model reload: {reason}")
-                return
-            self._swap((capture, bundle), "")
-        self._logs.info(f"hard-frame capture reopened for {str(bundle.path)!r}")
+            self._open_for(bundle, "model reload")
+
+    def _open_for(self, bundle: Bundle, when: str) -> None:
+        """Close what is open, then open for `bundle`; a failure is one WARN and `off: why`."""
+        assert self._config is not None
+        self._close_active()  # the directory's lock is one writer's
+        self._wait_for_finishing()
+        try:
+            capture = self._make(bundle)
+        except (TlPerceptionError, OSError) as err:
+            reason = one_line(err)
+            self._swap(None, reason)
+            self._logs.warning(
+                f"hard-frame capture is off ({when}): {reason}; classifying without it"
+            )
+            return
+        self._swap((capture, bundle), "")
+        self._logs.info(
+            f"capturing hard {'crops' if self._roi_mode else 'frames'} (best score < "
+            f"{self._config.capture_below:g}) into {str(capture.directory)!r} for "
+            f"{str(bundle.path)!r}"
+        )
+
+    def _wait_for_finishing(self) -> None:
+        """Wait for writers that outlived their close (each ends after its current image);
+        one still busy after `PREVIOUS_WRITER_WAIT_S` holds the lock, so the open fails."""
+        with self._lock:
+            busy = list(self._finishing)
+        deadline = time.monotonic() + PREVIOUS_WRITER_WAIT_S
+        for capture in busy:
+            capture.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._settle()
 
     def close(self) -> None:
         """Write what is queued and release the directory (deactivate, cleanup, shutdown);
@@ -145,16 +169,35 @@ class HardFrames:
         if active is None:
             return
         capture = active[0]
-        if not capture.close(timeout=CLOSE_TIMEOUT_S):
-            self._logs.warning(
-                f"hard-frame capture: {capture.counts()['pending']} image(s) still being "
-                f"written to {str(capture.directory)!r} after {CLOSE_TIMEOUT_S:g} s"
-            )
-        counts = capture.counts()
+        if capture.close(timeout=CLOSE_TIMEOUT_S):
+            with self._lock:
+                self._add_counts(capture)
+            return
         with self._lock:
-            for key in COUNT_KEYS:
-                if key not in _NOT_SUMMED:
-                    self._closed_counts[key] += counts[key]
+            self._finishing.append(capture)  # its counts still change: summed once it ends
+        self._logs.warning(
+            f"hard-frame capture: the writer of {str(capture.directory)!r} did not finish "
+            f"within {CLOSE_TIMEOUT_S:g} s; the {capture.counts()['pending']} image(s) still "
+            "queued are dropped (counted as capture_abandoned)"
+        )
+
+    def _add_counts(self, capture: HardFrameCapture) -> None:
+        """Fold a finished capture's counters into the totals (under `_lock`)."""
+        counts = capture.counts()
+        for key in COUNT_KEYS:
+            if key not in _NOT_SUMMED:
+                self._closed_counts[key] += counts[key]
+
+    def _settle(self) -> list[HardFrameCapture]:
+        """Fold the writers that ended since into the totals; the ones still busy (`_lock`)."""
+        busy = []
+        for capture in self._finishing:
+            if capture.wait(0.0):
+                self._add_counts(capture)
+            else:
+                busy.append(capture)
+        self._finishing = busy
+        return list(busy)
 
     def offer(self, item: CaptureItem, bundle: Bundle) -> bool:
         """Hot path: queue `item` if it is hard and the limits allow; never blocks. An item of
@@ -172,10 +215,15 @@ class HardFrames:
         with self._lock:
             capture = self._active[0] if self._active is not None else None
             failed = self._failed
+            finishing = self._settle()
             totals = dict(self._closed_counts)
         now = capture.counts() if capture is not None else {"pending": 0, "existing": 0}
         for key, value in now.items():
             totals[key] = value if key in _NOT_SUMMED else totals.get(key, 0) + value
+        for other in finishing:  # closed but still writing: its counts so far
+            for key, value in other.counts().items():
+                if key not in _NOT_SUMMED:
+                    totals[key] += value
         if failed:
             state = f"off: {failed}"
         else:
