@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from tl_perception.crop import Box, CropPolicy
+from tl_perception.ros.budget import share_budget
+from tl_perception.ros.labels import stream_keys
 from tl_perception.ros.pairing import StampPairer
 from tl_perception.ros.results import RoiResult, detections_json
 from tl_perception.ros.rois import EXACT_POLICY, Roi, RoiConfigError, fixed_rois, policy_for
@@ -71,6 +73,62 @@ def test_the_queue_bounds_what_waits_and_counts_what_falls_out() -> None:
     assert pairer.add_image(4, 4) is not None
     pairer.clear()
     assert pairer.counts().waiting_images == pairer.counts().waiting_detections == 0
+
+
+@pytest.mark.parametrize(("tolerance_ms", "offset_ms"), [(0, 0), (10, 3)])
+def test_pairing_goes_on_after_the_clock_jumps_back(tolerance_ms: int, offset_ms: int) -> None:
+    """The issue's repro: ten images at 1000-1009 s wait unpaired (the detector had stopped),
+    then the clock restarts at 0 (a looped bag, a reset simulator): every new pair must form,
+    in exact and approximate mode alike, and the old images leave counted."""
+    pairer: StampPairer[int, int] = StampPairer(tolerance_ns=tolerance_ms * MS, queue_size=10)
+    for sec in range(1000, 1010):
+        assert pairer.add_image(sec * 10**9, sec) is None
+    pairs = []
+    for sec in range(300):
+        assert pairer.add_image(sec * 10**9, sec) is None
+        pairs.append(pairer.add_detections(sec * 10**9 + offset_ms * MS, sec))
+    assert all(pair is not None and pair.image == pair.detections for pair in pairs)
+    counts = pairer.counts()
+    assert (counts.paired, counts.unpaired_images, counts.waiting_images) == (300, 10, 0)
+    assert counts.unpaired_detections == counts.waiting_detections == 0
+
+
+def test_after_a_jump_a_lagging_detector_pairs_again_at_once_and_old_messages_leave() -> None:
+    """A bag loop while the detector lags one frame behind the camera: the pair in flight at
+    the jump is lost (counted), nothing from before the jump lingers, and the new timeline
+    pairs from its first frame on."""
+    pairer: StampPairer[str, str] = StampPairer(queue_size=10)
+    made: list[str] = []
+
+    def add(side: str, loop: int, frame: int, name: str = "") -> None:
+        add_one = pairer.add_image if side == "image" else pairer.add_detections
+        pair = add_one(frame * 100 * MS, name or f"{loop}:{frame}")
+        made.extend([f"{pair.image}={pair.detections}"] if pair else [])
+
+    frames = [(loop, frame) for loop in (0, 1) for frame in range(10)]
+    for i, (loop, frame) in enumerate(frames):
+        add("image", loop, frame)
+        if i:
+            add("detections", *frames[i - 1])  # the detector is one frame late
+        if (loop, frame) == (0, 8):
+            add("detections", 0, 95, "stray")  # a stamp no image of this drive has
+    add("detections", *frames[-1])
+    assert made == [f"{loop}:{f}={loop}:{f}" for loop in (0, 1) for f in range(10) if loop or f < 9]
+    counts = pairer.counts()
+    assert (counts.unpaired_images, counts.unpaired_detections) == (1, 2)  # 0:9; stray, 0:9
+    assert counts.waiting_images == counts.waiting_detections == 0
+
+
+def test_the_frame_period_is_measured_and_a_tolerance_of_half_of_it_is_a_risk() -> None:
+    for tolerance_ms, risky in ((40, False), (51, True), (0, False)):
+        pairer: StampPairer[int, int] = StampPairer(tolerance_ns=tolerance_ms * MS)
+        assert pairer.counts().image_period_ns is None and not pairer.crossing_risk()
+        for frame in range(8):
+            pairer.add_image(frame * 100 * MS + (frame % 2) * MS, frame)  # 10 Hz with jitter
+        assert pairer.counts().image_period_ns in (99 * MS, 101 * MS)
+        assert pairer.crossing_risk() is risky, tolerance_ms
+    pairer.add_image(0, 0)  # the clock jumps back: the period is measured afresh
+    assert pairer.counts().image_period_ns is None
 
 
 def test_pairer_refuses_nonsense_settings() -> None:
@@ -167,3 +225,27 @@ def test_latest_frames_waits_briefly_for_cameras_in_step_only() -> None:
     started = time.monotonic()
     assert board.take_all(0.01, gather_s=0.015) == [(0, "a3")]
     assert time.monotonic() - started < 0.01  # no wait at all
+
+
+def test_the_cycle_budget_is_shared_round_robin_so_a_flood_takes_only_what_is_left() -> None:
+    # camera 0 floods (100 boxes), camera 1 has 3, camera 2 none; 8 crops per cycle
+    flood, few = [100] * 100, [100] * 3
+    shares = share_budget([flood, few, []], max_rois=8, max_pixels=10**9)
+    assert [len(s.kept) for s in shares] == [5, 3, 0]
+    assert [s.over_max for s in shares] == [95, 0, 0]
+    assert shares[1].kept == [0, 1, 2] and shares[0].kept == [0, 1, 2, 3, 4]
+    # alone, a camera gets the whole budget
+    assert len(share_budget([flood], 8, 10**9)[0].kept) == 8
+    # pixels: camera 0's huge crops do not starve camera 1's small ones; a box that does not
+    # fit is refused and the next, smaller one of the same camera is still tried
+    huge = [600, 600, 600, 50]
+    shares = share_budget([huge, [100] * 4], max_rois=100, max_pixels=1000)
+    assert (shares[0].kept, shares[0].over_budget) == ([0, 3], 2)
+    assert (shares[1].kept, shares[1].over_budget) == ([0, 1, 2], 1)
+    assert share_budget([], 8, 10) == []
+
+
+def test_an_id_repeated_in_one_frame_is_no_stream_key() -> None:
+    keys, repeated = stream_keys(["7", "7", "a", "", "b", "7"])
+    assert keys == [None, None, "a", None, "b", None] and repeated == {"7"}
+    assert stream_keys(["a", "b"]) == (["a", "b"], set())

@@ -250,11 +250,19 @@ def crop_roi(rgb: np.ndarray, box: Box, policy: CropPolicy) -> np.ndarray:
         CropError: the frame is not HxWx3 uint8.
         BoxRejectedError: `reject_reason` gave a reason (`.reason`).
     """
-    _check_frame(rgb)
+    check_frame(rgb)
     reason = reject_reason(box, policy, rgb.shape[:2])
     if reason is not None:
         raise BoxRejectedError(reason, f"box {box} rejected: {reason}")
     return _cut(rgb, crop_rect(box, policy), policy)
+
+
+def _count_reasons(rejected: Sequence[tuple[int, str]]) -> dict[str, int]:
+    """Reason -> number of boxes (for /diagnostics and extraction summaries)."""
+    counts: dict[str, int] = {}
+    for _index, reason in rejected:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -267,10 +275,55 @@ class CropBatch:
 
     def rejected_counts(self) -> dict[str, int]:
         """Reason -> number of boxes (for /diagnostics and extraction summaries)."""
-        counts: dict[str, int] = {}
-        for _index, reason in self.rejected:
-            counts[reason] = counts.get(reason, 0) + 1
-        return counts
+        return _count_reasons(self.rejected)
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """The crops of one frame before a pixel is copied: `rects[i]` (x0, y0, w, h) is the crop
+    of `boxes[kept[i]]`, in input order; `rejected` lists (box index, reason).
+
+    Planning first lets a caller judge what the crops would cost (`pixels`) against a budget
+    before any memory is allocated, then `cut_crops` only the ones it accepts.
+    """
+
+    kept: list[int]
+    rects: list[tuple[int, int, int, int]]
+    rejected: list[tuple[int, str]]
+
+    def pixels(self) -> list[int]:
+        """Pixels of each planned crop (w * h), in `kept` order."""
+        return [w * h for _x, _y, w, h in self.rects]
+
+    def rejected_counts(self) -> dict[str, int]:
+        return _count_reasons(self.rejected)
+
+
+def plan_crops(frame_hw: tuple[int, int], boxes: Sequence[Box], policy: CropPolicy) -> CropPlan:
+    """Judge every box of a frame of (height, width): where its crop lies, or why it is refused."""
+    plan = CropPlan(kept=[], rects=[], rejected=[])
+    for index, box in enumerate(boxes):
+        reason = reject_reason(box, policy, frame_hw)
+        if reason is None:
+            plan.kept.append(index)
+            plan.rects.append(crop_rect(box, policy))
+        else:
+            plan.rejected.append((index, reason))
+    return plan
+
+
+def cut_crops(
+    rgb: np.ndarray, plan: CropPlan, policy: CropPolicy, which: Sequence[int] | None = None
+) -> list[np.ndarray]:
+    """The planned crops (only positions `which` of `plan.kept`, if given), pixel for pixel as
+    `crop_roi` cuts them.
+
+    Raises:
+        CropError: the frame is not HxWx3 uint8.
+    """
+    check_frame(rgb)
+    chosen = range(len(plan.rects)) if which is None else which
+    return [_cut(rgb, plan.rects[i], policy) for i in chosen]
 
 
 def crop_batch(rgb: np.ndarray, boxes: Sequence[Box], policy: CropPolicy) -> CropBatch:
@@ -279,20 +332,13 @@ def crop_batch(rgb: np.ndarray, boxes: Sequence[Box], policy: CropPolicy) -> Cro
     Raises:
         CropError: the frame is not HxWx3 uint8.
     """
-    _check_frame(rgb)
-    frame_hw = rgb.shape[:2]
-    batch = CropBatch(crops=[], kept=[], rejected=[])
-    for index, box in enumerate(boxes):
-        reason = reject_reason(box, policy, frame_hw)
-        if reason is None:
-            batch.crops.append(_cut(rgb, crop_rect(box, policy), policy))
-            batch.kept.append(index)
-        else:
-            batch.rejected.append((index, reason))
-    return batch
+    check_frame(rgb)
+    plan = plan_crops(rgb.shape[:2], boxes, policy)
+    return CropBatch(cut_crops(rgb, plan, policy), plan.kept, plan.rejected)
 
 
-def _check_frame(rgb: Any) -> None:
+def check_frame(rgb: Any) -> None:
+    """CropError unless `rgb` is an HxWx3 uint8 numpy frame (what every crop function takes)."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8:
         raise CropError(f"crop: expected a uint8 numpy frame, got {_describe(rgb)}")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:

@@ -32,6 +32,7 @@ except ImportError:  # Humble
 
 from tl_perception.crop import REASONS
 from tl_perception.ros import qos as qos_rules
+from tl_perception.ros.budget import OVER_BUDGET
 from tl_perception.ros.diagnostics import CameraReport, PairingPeriod
 from tl_perception.ros.messages import classification_type, detections_type
 from tl_perception.ros.pairing import PairCounts, StampPairer
@@ -42,6 +43,8 @@ OUTPUT_QOS = QoSProfile(depth=10)
 OVERLAY_DEPTH = 2
 #: Unpaired messages are logged at most this often per camera (with the counts in between).
 UNPAIRED_LOG_PERIOD_S = 5.0
+#: Image stamps that jump back are logged at most this often per camera (a looping bag).
+JUMP_LOG_PERIOD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class Camera:
         self.config = config
         self.topics = CameraTopics.of(name)
         self.stats = FrameStats()
-        self.rois = RoiStats(REASONS) if config.roi_source != "full_frame" else None
+        self.rois = RoiStats((*REASONS, OVER_BUDGET)) if config.roi_source != "full_frame" else None
         self.pairer: StampPairer[Any, Any] | None = None
         if config.roi_source == "detections":
             self.pairer = StampPairer(config.sync_tolerance_ns, config.sync_queue)
@@ -172,12 +175,17 @@ class Camera:
         self.result_pub: Publisher | None = None
         self.overlay_pub: Publisher | None = None
         self._pair_last = PairCounts()
+        self._mismatches_last = 0
         self._unpaired_log = _UnpairedLog()
         self._lock = threading.Lock()
+        self._warned: set[str] = set()  # `warn_once` keys (worker and timer threads)
+        self._jump_logged = -JUMP_LOG_PERIOD_S
+        self.logger: Any = None  # the node's, set by `open` (jumps are logged from callbacks)
 
     # ------------------------------------------------------------ graph: create and destroy
     def open(self, node: Node, publish_overlay: bool) -> None:
         """Create this camera's publishers, then its subscriptions (frames flow after this)."""
+        self.logger = node.get_logger()
         if self.config.roi_source == "full_frame":
             out_type, out_topic = (
                 classification_type(self.config.output_format),
@@ -242,15 +250,37 @@ class Camera:
         return self._detections
 
     # ------------------------------------------------------------ callbacks (executor thread)
+    def warn_once(self, what: str) -> bool:
+        """True the first time `what` is asked about on this camera (a warning logged once)."""
+        with self._lock:
+            first = what not in self._warned
+            self._warned.add(what)
+            return first
+
     def on_image(self, msg: Any) -> None:
         """Keep only the newest frame (or, with detections, the newest paired frame)."""
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if self.stats.note_stamp(stamp_ns):
+            self._log_jump(stamp_ns)
         if self.pairer is None:
             self.stats.count_received(dropped_one=self._frames.put(self.index, msg))
             return
         self.stats.count_received(dropped_one=False)
-        pair = self.pairer.add_image(stamp_to_ns(msg.header.stamp), msg)
+        pair = self.pairer.add_image(stamp_ns, msg)
         if pair is not None and self._frames.put(self.index, pair):
             self.stats.count_dropped()
+
+    def _log_jump(self, stamp_ns: int) -> None:
+        """Stamps went back: say what restarts (at most every `JUMP_LOG_PERIOD_S`)."""
+        now = time.monotonic()
+        if self.logger is None or now - self._jump_logged < JUMP_LOG_PERIOD_S:
+            return
+        self._jump_logged = now
+        self.logger.info(
+            f"camera {self.name or '(default)'}: image stamps jumped back to "
+            f"{stamp_ns / 1e9:.3f} s (a looping bag, a simulator reset, a restarted driver): "
+            "pairing, smoothing and track timeouts start again (counted as stamp_jumps_back)"
+        )
 
     def on_detections(self, msg: Any) -> None:
         assert self.pairer is not None
@@ -262,15 +292,19 @@ class Camera:
 
     # ------------------------------------------------------------ diagnostics (timer thread)
     def report(self, node: Node) -> CameraReport:
-        """This period's report; logs unpaired messages (throttled) as a side effect."""
+        """This period's report; logs unpaired messages (throttled) and a risky tolerance
+        (once) as side effects."""
         image = self._image
         pairing = self._pairing_period()
         if pairing is not None:
             self._unpaired_log.add(pairing, node, self)
         extra = {}
+        rois = self.rois.snapshot() if self.rois is not None else None
         if self.pairer is not None:
             extra["detections_topic"] = self._detections.topic if self._detections else ""
             extra["received_detections"] = str(self.detections_received)
+            extra.update(self._tolerance_values(node, pairing))
+        mismatches = rois.frame_id_mismatches if rois is not None else 0
         return CameraReport(
             name=self.name,
             snap=self.stats.snapshot(),
@@ -284,10 +318,35 @@ class Camera:
                 for e in (self._image, self._detections)
                 if e is not None and e.is_open
             ),
-            rois=self.rois.snapshot() if self.rois is not None else None,
+            rois=rois,
             pairing=pairing,
             extra=extra,
+            frame_id_mismatches_in_period=mismatches - self._swap_mismatches(mismatches),
+            tolerance_warning=self._tolerance_warning(pairing),
         )
+
+    def _swap_mismatches(self, now: int) -> int:
+        last, self._mismatches_last = self._mismatches_last, now
+        return last
+
+    def _tolerance_warning(self, pairing: PairingPeriod | None) -> str:
+        """Non-empty while `sync_tolerance_s` is at least half the measured frame period: the
+        nearest waiting partner may then be the next frame's, and greedy pairing can cross."""
+        if self.pairer is None or pairing is None or not self.pairer.crossing_risk():
+            return ""
+        period = (pairing.counts.image_period_ns or 0) / 1e9
+        return (
+            f"sync_tolerance_s {self.pairer.tolerance_ns / 1e9:g} is at least half the measured "
+            f"frame period ({period:.3g} s): pairs can cross; lower it below {period / 2:.3g}"
+        )
+
+    def _tolerance_values(self, node: Node, pairing: PairingPeriod | None) -> dict[str, str]:
+        """`measured_frame_period_s`; the risky-tolerance warning logged once per camera."""
+        period = pairing.counts.image_period_ns if pairing is not None else None
+        warning = self._tolerance_warning(pairing)
+        if warning and self.warn_once("tolerance"):
+            node.get_logger().warning(f"camera {self.name or '(default)'}: {warning}")
+        return {"measured_frame_period_s": "n/a" if period is None else f"{period / 1e9:.4g}"}
 
     def _pairing_period(self) -> PairingPeriod | None:
         if self.pairer is None:

@@ -143,6 +143,8 @@ RUN_TIME_SETTINGS: dict[str, Any] = {
     "top_k": int,
     "score_threshold": float,
     "max_rois": int,
+    "max_roi_pixels": int,
+    "frame_id_must_match": bool,
     "publish_background": bool,
     "background_label": str,
     "publish_overlay": bool,
@@ -234,7 +236,6 @@ class ClassifierNode(LifecycleNode):
         self._reload_lock = threading.RLock()  # guards the request sequence and the swap
         self._reload_seq = 0
         self._reload_state = RELOAD_IDLE
-        self._worker: Worker | None = None
         self._label_pub: Publisher | None = None
         self._qos_timer: Timer | None = None
         self._clear_configuration()
@@ -274,6 +275,7 @@ class ClassifierNode(LifecycleNode):
         self._settings: Settings | None = None
         self._cameras: list[Camera] = []
         self._pipeline: Pipeline | None = None
+        self._worker: Worker | None = None  # one per configuration: started on each activate
         self._hard_frames: HardFrames | None = None
         self._reloader: threading.Thread | None = None
         self._stop = threading.Event()
@@ -376,6 +378,8 @@ class ClassifierNode(LifecycleNode):
             top_k=config["top_k"],
             score_threshold=config["score_threshold"],
             max_rois=config["max_rois"],
+            max_roi_pixels=config["max_roi_pixels"],
+            frame_id_must_match=config["frame_id_must_match"],
             publish_background=config["publish_background"],
             background_label=config["background_label"],
             publish_overlay=config["publish_overlay"],
@@ -440,14 +444,15 @@ class ClassifierNode(LifecycleNode):
         return rois
 
     def _max_batch(self) -> int:
-        """The most crops one cycle can have: what the warm-up prepares batches for."""
+        """The most crops one cycle can have: what the warm-up prepares batches for (ROI
+        modes: `max_rois` is the cycle's, shared by the cameras)."""
         assert self._settings is not None
-        per_frame = 1
+        cameras = max(1, len(self._camera_names))
         if self._roi_source == "fixed":
-            per_frame = min(len(self._settings.fixed_rois), self._settings.max_rois)
-        elif self._roi_source == "detections":
-            per_frame = self._settings.max_rois
-        return per_frame * max(1, len(self._camera_names))
+            return min(len(self._settings.fixed_rois) * cameras, self._settings.max_rois)
+        if self._roi_source == "detections":
+            return self._settings.max_rois
+        return cameras
 
     def _build_cameras(self) -> None:
         """The cameras (their counters live until cleanup) and the pipeline over them."""
@@ -464,6 +469,7 @@ class ClassifierNode(LifecycleNode):
             hard_frames=self._hard_frames,
         )
         self._pipeline = Pipeline(self._cameras, frames, context)
+        self._worker = Worker(self._pipeline, lambda: self._max_rate_hz)
 
     def _cycle_settings(self) -> Settings:
         """The settings a cycle uses; the worker runs only while configured."""
@@ -494,7 +500,7 @@ class ClassifierNode(LifecycleNode):
             self._publish_label_info()
         for camera in self._cameras:
             camera.open(self, self._settings.publish_overlay)
-        self._worker = Worker(self._pipeline, lambda: self._max_rate_hz)
+        assert self._worker is not None
         self._worker.start()
         if self._camera_config.qos_mode == "auto":
             self._qos_timer = self.create_timer(QOS_RECHECK_PERIOD_S, self._match_publisher_qos)
@@ -504,9 +510,11 @@ class ClassifierNode(LifecycleNode):
     def _deactivate(self) -> None:
         """Stop the worker, then destroy the cameras' subscriptions and every output publisher
         (nothing is published while inactive); the model stays loaded."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        if self._worker is not None and not self._worker.stop():
+            self.get_logger().warning(
+                "the classification thread is still in a cycle after 5 s; it ends after it "
+                "(an activate before then resumes it: never two at once)"
+            )
         if self._qos_timer is not None:
             self.destroy_timer(self._qos_timer)
             self._qos_timer = None

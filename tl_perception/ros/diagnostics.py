@@ -70,6 +70,8 @@ class CameraReport:
     rois: RoiSnapshot | None = None
     pairing: PairingPeriod | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    frame_id_mismatches_in_period: int = 0  # detections naming another frame_id than the image
+    tolerance_warning: str = ""  # sync_tolerance_s against the measured frame period
 
 
 def _ms(value: float) -> str:
@@ -88,6 +90,13 @@ def camera_warnings(camera: CameraReport) -> list[str]:
         found.append(f"{pairing.unpaired_detections} detection message(s) found no image")
     elif pairing is not None and pairing.unpaired_images and not pairing.paired:
         found.append(f"{pairing.unpaired_images} image(s) found no detections, none paired")
+    if camera.frame_id_mismatches_in_period:
+        found.append(
+            f"{camera.frame_id_mismatches_in_period} detection message(s) with another "
+            "frame_id than their image"
+        )
+    if camera.tolerance_warning:
+        found.append(camera.tolerance_warning)
     return found
 
 
@@ -125,6 +134,7 @@ def camera_values(camera: CameraReport) -> dict[str, str]:
         "dropped_frames": str(snap.dropped),
         "bad_frames": str(snap.bad),
         "unstamped_frames": str(snap.unstamped),
+        "stamp_jumps_back": str(snap.stamp_jumps_back),
         "inference_latency_p50_ms": _ms(snap.inference_ms_p50),
         "inference_latency_p95_ms": _ms(snap.inference_ms_p95),
         "stamp_to_publish_latency_p50_ms": _ms(snap.latency_ms_p50),
@@ -147,6 +157,9 @@ def camera_values(camera: CameraReport) -> dict[str, str]:
                 "waiting_detections": str(counts.waiting_detections),
             }
         )
+        if camera.rois is not None:
+            values["frame_id_mismatches"] = str(camera.rois.frame_id_mismatches)
+            values["frame_id_refused"] = str(camera.rois.frame_id_refused)
     values.update(camera.extra)
     return values
 
@@ -158,6 +171,7 @@ def _roi_values(rois: RoiSnapshot) -> dict[str, str]:
         "rois_published": str(rois.published),
         "rois_background": str(rois.background),
         "rois_over_max": str(rois.over_max),
+        "rois_duplicate_ids": str(rois.duplicate_ids),
     }
     values.update({f"rois_rejected_{reason}": str(n) for reason, n in rois.rejected.items()})
     return values
@@ -224,7 +238,7 @@ def build_diagnostics(
 
 
 def _totals(cameras: Sequence[CameraReport]) -> dict[str, str]:
-    keys = ("received", "processed", "dropped", "bad", "unstamped")
+    keys = ("received", "processed", "dropped", "bad", "unstamped")  # frame counts to total
     return {f"{key}_frames": str(sum(getattr(c.snap, key) for c in cameras)) for key in keys}
 
 

@@ -9,11 +9,23 @@ pairs an arriving message with the waiting one of the other side whose stamp is 
 Nothing waits for ever, and nothing is dropped silently (ros/ros_comm#1059 is the complaint about
 synchronizers that do): a message is dropped unpaired, and counted, when
 
-- `queue_size` newer messages of its side are waiting (the oldest goes first), or
+- `queue_size` messages of its side arrived after it and are waiting (the one that arrived
+  first goes first: arrival, not stamp, so after a clock jump the old messages leave, not the
+  new ones), or
 - a pair forms with a later stamp: both streams arrive in stamp order, so a message older than
   a completed pair (by more than the tolerance) can no longer find its partner. This is
   ExactTime's rule too, and it counts a missing partner within one frame instead of after
-  `queue_size` frames.
+  `queue_size` frames, or
+- its side's stamps jump back (`ros2 bag play --loop`, a simulator reset, a restarted driver):
+  every message of that side still waiting arrived before the jump, and would wait for ever or
+  pair with a message of the next loop that merely has its stamp. So pairing starts again with
+  the first message after the jump, in exact and approximate mode alike; a pair whose second
+  message was still in flight at the jump is lost (counted), no more. (The other side's old
+  messages go when its own stamps jump back, or out of the queue.)
+
+The pairer also measures the image stamps' period (the median of the last `PERIOD_WINDOW` steps),
+so the node can warn when the tolerance is at least half of it: then the nearest waiting
+partner may be the neighbouring frame's, and greedy pairing can cross pairs.
 
 Payloads are opaque (the node passes its messages), stamps are integer nanoseconds
 (`stamps.stamp_to_ns`). Thread-safe: the image and detection callbacks may run concurrently.
@@ -31,6 +43,8 @@ D = TypeVar("D")  # detections payload
 
 IMAGE, DETECTIONS = 0, 1
 SIDES: tuple[str, str] = ("image", "detections")
+#: Image stamp steps the frame period is the median of.
+PERIOD_WINDOW = 15
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,7 @@ class PairCounts:
     unpaired_detections: int = 0
     waiting_images: int = 0
     waiting_detections: int = 0
+    image_period_ns: int | None = None  # median step of the image stamps; None: not yet known
 
 
 class StampPairer(Generic[I, D]):
@@ -64,12 +79,15 @@ class StampPairer(Generic[I, D]):
         self.tolerance_ns = tolerance_ns
         self.queue_size = queue_size
         self._lock = threading.Lock()
+        # per side, in arrival order: (stamp, payload)
         self._waiting: tuple[deque[tuple[int, object]], deque[tuple[int, object]]] = (
             deque(),
             deque(),
         )
         self._paired = 0
         self._unpaired = [0, 0]
+        self._newest: list[int | None] = [None, None]  # per side, since its last jump back
+        self._steps: deque[int] = deque(maxlen=PERIOD_WINDOW)  # image stamp steps, ns
 
     def add_image(self, stamp_ns: int, image: I) -> Pair[I, D] | None:
         """Offer an image; the pair it completes, or None (it waits)."""
@@ -87,7 +105,13 @@ class StampPairer(Generic[I, D]):
                 unpaired_detections=self._unpaired[DETECTIONS],
                 waiting_images=len(self._waiting[IMAGE]),
                 waiting_detections=len(self._waiting[DETECTIONS]),
+                image_period_ns=self._period_ns(),
             )
+
+    def crossing_risk(self) -> bool:
+        """Whether the tolerance is at least half the measured frame period (pairs may cross)."""
+        period = self.counts().image_period_ns
+        return self.tolerance_ns > 0 and period is not None and 2 * self.tolerance_ns >= period
 
     def clear(self) -> None:
         """Forget every waiting message without counting it (the inputs were closed)."""
@@ -97,6 +121,7 @@ class StampPairer(Generic[I, D]):
 
     def _add(self, side: int, stamp_ns: int, payload: object) -> Pair[I, D] | None:
         with self._lock:
+            self._follow_clock(side, stamp_ns)
             other = self._waiting[1 - side]
             match = self._nearest(other, stamp_ns)
             if match is None:
@@ -119,12 +144,30 @@ class StampPairer(Generic[I, D]):
                 best, best_gap = index, gap
         return best
 
+    def _follow_clock(self, side: int, stamp_ns: int) -> None:
+        """Note a side's stamp: the image period, and a jump back (see the module docstring)."""
+        newest = self._newest[side]
+        self._newest[side] = stamp_ns
+        if newest is None or stamp_ns >= newest - self.tolerance_ns:
+            if side == IMAGE and newest is not None and stamp_ns > newest:
+                self._steps.append(stamp_ns - newest)
+            return
+        if side == IMAGE:
+            self._steps.clear()  # another timeline: measure the period afresh
+        self._unpaired[side] += len(self._waiting[side])
+        self._waiting[side].clear()
+
+    def _period_ns(self) -> int | None:
+        if len(self._steps) < 3:
+            return None
+        steps = sorted(self._steps)
+        return steps[len(steps) // 2]
+
     def _wait(self, side: int, stamp_ns: int, payload: object) -> None:
         waiting = self._waiting[side]
         waiting.append((stamp_ns, payload))
         while len(waiting) > self.queue_size:
-            oldest = min(range(len(waiting)), key=lambda i: waiting[i][0])
-            del waiting[oldest]
+            waiting.popleft()  # the one that arrived first
             self._unpaired[side] += 1
 
     def _drop_older_than(self, stamp_ns: int) -> None:

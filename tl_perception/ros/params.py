@@ -29,6 +29,7 @@ from rclpy.parameter import Parameter
 
 from tl_perception import smoothing
 from tl_perception.inference import BACKENDS
+from tl_perception.ros.budget import DEFAULT_MAX_ROI_PIXELS
 from tl_perception.ros.labels import UNKNOWN_FROM_BUNDLE
 from tl_perception.ros.messages import OUTPUT_FORMATS, NodeConfigError
 from tl_perception.ros.qos import QOS_MODES
@@ -150,8 +151,18 @@ PARAMETERS: dict[str, Spec] = {
         0.0,
         "roi_source detections: pair an image with the detections whose stamp is nearest "
         "within this many seconds; 0 = the same stamp exactly. Keep it under half the frame "
-        "period.",
+        "period: at or above it pairs can cross, and /diagnostics warns (the period is "
+        "measured from the image stamps).",
         float_range=(0.0, 1.0),
+    ),
+    "frame_id_must_match": Spec(
+        True,
+        "roi_source detections: refuse (do not classify, count as frame_id_refused) a "
+        "detections message whose header.frame_id is set and differs from its image's: its "
+        "boxes belong to another camera (a miswired topic pairs exactly when cameras share "
+        "stamps) and would crop the wrong image. false: classify it anyway. Mismatches are "
+        "counted and warned once either way.",
+        dynamic=True,
     ),
     "sync_queue": Spec(
         10,
@@ -168,10 +179,20 @@ PARAMETERS: dict[str, Spec] = {
     ),
     "max_rois": Spec(
         32,
-        "Classify at most this many ROIs per frame (in message order); the rest are dropped "
-        "and counted.",
+        "Classify at most this many ROIs per cycle (one batched inference over every camera's "
+        "newest frame; with one camera: per frame), shared fairly: round-robin over the "
+        "cameras in message order, so a camera alone gets all of them and a flooding one only "
+        "what the others leave. The rest are dropped and counted (rois_over_max).",
         dynamic=True,
         int_range=(1, 1024),
+    ),
+    "max_roi_pixels": Spec(
+        DEFAULT_MAX_ROI_PIXELS,
+        "Crop pixels per cycle, all cameras (16 Mi = 48 MiB of RGB crops), shared like "
+        "max_rois: a box whose crop does not fit in what is left is refused and counted "
+        "(rois_rejected_over_budget), so a detector scaled wrong cannot exhaust memory.",
+        dynamic=True,
+        int_range=(1, 2_000_000_000),
     ),
     "publish_background": Spec(
         False,
@@ -214,15 +235,25 @@ PARAMETERS: dict[str, Spec] = {
     "track_timeout_s": Spec(
         smoothing.DEFAULT_TRACK_TIMEOUT_S,
         "A stream (camera, or track id in ROI mode) not seen for this many seconds of stamp "
-        "time is forgotten and starts afresh.",
+        "time is forgotten and starts afresh; a stamp that goes back restarts every stream "
+        "of that camera.",
         dynamic=True,
         float_range=(0.01, 3600.0),
     ),
+    "max_tracks": Spec(
+        smoothing.DEFAULT_MAX_TRACKS,
+        "Streams remembered per camera; beyond it the least recently seen one is forgotten "
+        "(counted as smoothed_tracks_evicted), so ids invented per box or unstamped frames "
+        "(which never time out) cannot grow memory without limit.",
+        dynamic=True,
+        int_range=(1, 1_000_000),
+    ),
     "unknown_threshold": Spec(
         UNKNOWN_FROM_BUNDLE,
-        "A frame or ROI whose published class scores below this is published as class "
-        "`unknown` (score 1 - that score). -1.0 (any negative): the value the bundle recorded "
-        "on its validation split (a bundle without one: never unknown); 0.0: never unknown.",
+        "A frame or ROI whose own best score (the model's calibrated probability, before "
+        "smoothing) is below this is published as class `unknown` (score 1 - that score). "
+        "-1.0 (any negative): the value the bundle recorded on its validation split (a bundle "
+        "without one: never unknown); 0.0: never unknown.",
         dynamic=True,
         float_range=(-1.0, 1.0),
     ),

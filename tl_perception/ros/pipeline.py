@@ -4,10 +4,12 @@ one batched inference -> results -> publish, once per cycle, for every camera wi
 A cycle takes the newest frame (or image + detections pair) of every camera that has one from
 the shared `LatestFrames` board, decodes each image, lists its ROIs (`full_frame`: the frame
 itself; `fixed`: the `rois` parameter; `detections`: the paired Detection2DArray, the first
-`max_rois` of them), cuts them with `crop.crop_batch` under the serving bundle's crop policy,
-classifies *all* crops of *all* cameras in one `Classifier.classify` call (its backends run a
-batch without re-allocating tensors), and publishes each camera's result with that camera's
-header. Bad frames and bad boxes are counted per camera and never raise.
+`max_rois` of them, unless its frame_id is not the image's), plans their crops under the serving
+bundle's crop policy (`crop.plan_crops`: no pixel copied yet), shares the cycle's budget of
+`max_rois` crops and `max_roi_pixels` pixels fairly between the cameras (`budget.share_budget`),
+cuts what it accepted, classifies *all* crops of *all* cameras in one `Classifier.classify` call
+(its backends run a batch without re-allocating tensors), and publishes each camera's result
+with that camera's header. Bad frames and bad boxes are counted per camera and never raise.
 
 Between inference and publishing, each frame's (ROI's) probabilities go through the label stage
 (`labels.LabelStage`: smoothing per camera, or per camera and track id, and the unknown rule) and
@@ -24,16 +26,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from sensor_msgs.msg import Image
 
 from tl_perception.capture import CaptureItem
-from tl_perception.crop import CropError, CropPolicy, crop_batch
+from tl_perception.crop import (
+    CropError,
+    CropPlan,
+    CropPolicy,
+    check_frame,
+    cut_crops,
+    plan_crops,
+)
 from tl_perception.errors import ImageDecodeError, one_line
 from tl_perception.images import image_fields, message_to_rgb
+from tl_perception.ros.budget import DEFAULT_MAX_ROI_PIXELS, OVER_BUDGET, Share, share_budget
 from tl_perception.ros.camera import Camera
 from tl_perception.ros.hard_frames import HardFrames
 from tl_perception.ros.labels import (
@@ -42,6 +52,7 @@ from tl_perception.ros.labels import (
     UnknownThreshold,
     describe_smoothing,
     effective_unknown_threshold,
+    stream_keys,
 )
 from tl_perception.ros.messages import build_classification, build_detections
 from tl_perception.ros.overlay import draw_overlay, draw_rois
@@ -53,10 +64,11 @@ from tl_perception.ros.results import (
     RoiResult,
     label_hypotheses,
 )
-from tl_perception.ros.rois import Roi, detection_rois, policy_for
+from tl_perception.ros.rois import Roi, detection_rois, frame_ids_differ, policy_for
 from tl_perception.ros.stats import BatchStats, ExtraStatus, FrameRois, LatestFrames, Throttle
 from tl_perception.smoothing import (
     DEFAULT_ALPHA,
+    DEFAULT_MAX_TRACKS,
     DEFAULT_MODE,
     DEFAULT_SWITCH_FRAMES,
     DEFAULT_TRACK_TIMEOUT_S,
@@ -75,7 +87,9 @@ class Settings:
     roi_source: str = "full_frame"
     top_k: int = 5
     score_threshold: float = 0.0
-    max_rois: int = 32
+    max_rois: int = 32  # crops per cycle, shared by the cameras (budget.share_budget)
+    max_roi_pixels: int = DEFAULT_MAX_ROI_PIXELS  # crop pixels per cycle, shared likewise
+    frame_id_must_match: bool = True  # refuse detections whose frame_id is not the image's
     publish_background: bool = False
     background_label: str = "background"
     publish_overlay: bool = False
@@ -86,11 +100,16 @@ class Settings:
     smoothing_alpha: float = DEFAULT_ALPHA
     switch_frames: int = DEFAULT_SWITCH_FRAMES
     track_timeout_s: float = DEFAULT_TRACK_TIMEOUT_S
+    max_tracks: int = DEFAULT_MAX_TRACKS
     unknown_threshold: float = UNKNOWN_FROM_BUNDLE  # < 0: the bundle's; 0: never unknown
 
     def smoothing_config(self) -> SmoothingConfig:
         return SmoothingConfig(
-            self.smoothing, self.smoothing_alpha, self.switch_frames, self.track_timeout_s
+            self.smoothing,
+            self.smoothing_alpha,
+            self.switch_frames,
+            self.track_timeout_s,
+            self.max_tracks,
         )
 
     def unknown(self, bundle: Any) -> UnknownThreshold:
@@ -104,6 +123,7 @@ LABEL_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "smoothing_alpha": float,
     "switch_frames": int,
     "track_timeout_s": float,
+    "max_tracks": int,
     "unknown_threshold": float,
 }
 
@@ -134,6 +154,10 @@ class _Job:
     rois: list[Roi] = field(default_factory=list)  # the cropped ones, in crop order
     crops: list[np.ndarray] = field(default_factory=list)
     counts: FrameRois | None = None  # ROI modes only
+    # ROI modes, between planning and cutting: the boxes looked at, their plan, boxes in all
+    considered: list[Roi] = field(default_factory=list)
+    plan: CropPlan | None = None
+    total: int = 0
 
     @property
     def stamp_s(self) -> float:
@@ -185,6 +209,8 @@ class Pipeline:
                 jobs.append(job)
         if not jobs:
             return 0
+        if settings.roi_source != "full_frame":
+            self._cut(jobs, settings, policy)
         probs, inference_ms = self._classify(classifier, jobs, settings)
         cycle = self._begin(settings, classifier)
         start = 0
@@ -216,6 +242,7 @@ class Pipeline:
         values = {
             "smoothing": describe_smoothing(settings.smoothing_config()),
             "smoothed_tracks": str(self.labels.tracked),
+            "smoothed_tracks_evicted": str(self.labels.evicted),
             "unknown_threshold": unknown.describe(),
             "unknown_published": str(self.unknown_published),
         }
@@ -239,36 +266,89 @@ class Pipeline:
         if settings.roi_source == "full_frame":
             job.crops = [rgb]
             return job
+        if detections is not None and not self._same_frame(camera, image, detections, settings):
+            return None
         if detections is None:
-            total, considered = len(settings.fixed_rois), list(settings.fixed_rois)
+            job.total, considered = len(settings.fixed_rois), list(settings.fixed_rois)
         else:
-            total = len(detections.detections)
+            job.total = len(detections.detections)
             considered = detection_rois(detections, settings.max_rois)
-        considered = considered[: settings.max_rois]
+        job.considered = considered[: settings.max_rois]
         try:
-            batch = crop_batch(rgb, [roi.box for roi in considered], policy)
+            check_frame(rgb)
         except CropError as err:  # not an HxWx3 frame: the decoder's contract broken
             self._bad_frame(camera, image, f"cannot crop: {one_line(err)}")
             return None
-        job.crops = batch.crops
-        job.rois = [considered[i] for i in batch.kept]
-        over_max = total - len(considered)
+        job.plan = plan_crops((rgb.shape[0], rgb.shape[1]), [r.box for r in job.considered], policy)
+        return job
+
+    def _same_frame(self, camera: Camera, image: Any, detections: Any, settings: Settings) -> bool:
+        """False when the detections name another frame_id than the image (both set) and
+        `frame_id_must_match` refuses them; counted, and warned once per camera either way:
+        cameras triggered together share stamps, so a miswired detections topic pairs exactly
+        and its boxes would crop the wrong image."""
+        ours, theirs = str(image.header.frame_id), str(detections.header.frame_id)
+        if not frame_ids_differ(ours, theirs) or camera.rois is None:
+            return True
+        refuse = settings.frame_id_must_match
+        camera.rois.count_frame_id_mismatch(refused=refuse)
+        if camera.warn_once("frame_id"):
+            self.context.logger.warning(
+                f"camera {camera.name or '(default)'}: detections with frame_id {theirs!r} paired "
+                f"with an image of frame_id {ours!r} (is the detections topic remapped to the "
+                "right camera?); "
+                + (
+                    "refused, not classified (frame_id_must_match; counted as frame_id_refused)"
+                    if refuse
+                    else "classified anyway (frame_id_must_match is false)"
+                )
+                + ". Logged once; counted as frame_id_mismatches"
+            )
+        return not refuse
+
+    def _cut(self, jobs: list[_Job], settings: Settings, policy: CropPolicy) -> None:
+        """Share the cycle's budget between the cameras, then cut what each one got."""
+        shares = share_budget(
+            [job.plan.pixels() if job.plan else [] for job in jobs],
+            settings.max_rois,
+            settings.max_roi_pixels,
+        )
+        for job, share in zip(jobs, shares, strict=True):
+            assert job.plan is not None
+            job.crops = cut_crops(job.rgb, job.plan, policy, share.kept)
+            job.rois = [job.considered[job.plan.kept[k]] for k in share.kept]
+            job.counts = self._frame_counts(job, share, settings, len(jobs))
+
+    def _frame_counts(self, job: _Job, share: Share, settings: Settings, jobs: int) -> FrameRois:
+        assert job.plan is not None
+        rejected = job.plan.rejected_counts()
+        if share.over_budget:
+            rejected[OVER_BUDGET] = share.over_budget
+        over_max = job.total - len(job.considered) + share.over_max
         if over_max:
             self._warn(
-                camera,
+                job.camera,
                 "max_rois",
-                f"{total} ROIs in one frame, classified the first {settings.max_rois} "
-                f"(max_rois); {over_max} dropped (counted as rois_over_max)",
+                f"{job.total} ROIs in one frame, classified {len(job.crops)} (max_rois "
+                f"{settings.max_rois} per cycle, shared by the {jobs} camera(s) of the cycle); "
+                f"{over_max} dropped (counted as rois_over_max)",
             )
-        job.counts = FrameRois(
-            boxes=total,
+        if share.over_budget:
+            self._warn(
+                job.camera,
+                "max_roi_pixels",
+                f"{share.over_budget} ROI(s) whose crops did not fit in this cycle's share of "
+                f"max_roi_pixels ({settings.max_roi_pixels}) not classified (counted as "
+                "rois_rejected_over_budget)",
+            )
+        return FrameRois(
+            boxes=job.total,
             classified=len(job.crops),
             published=0,
             background=0,
             over_max=over_max,
-            rejected=batch.rejected_counts(),
+            rejected=rejected,
         )
-        return job
 
     def _decode(self, camera: Camera, image: Any) -> np.ndarray | None:
         try:
@@ -340,10 +420,12 @@ class Pipeline:
 
     def _label(self, job: _Job, key: str | None, row: np.ndarray, cycle: _Cycle) -> Label:
         """One frame's or ROI's published label: smoothed for stream `key` (None: not), the
-        published class first, `unknown` below the threshold."""
+        published class first, `unknown` when the frame's own best score is below the
+        threshold (the kind of score the bundle chose it on)."""
         smoothed = self.labels.smooth(job.camera.index, key, row, job.stamp_s)
         names = cycle.classifier.class_names
-        label = label_hypotheses(smoothed.scores, names, smoothed.first, cycle.rule)
+        own = float(np.max(row)) if len(row) else 0.0
+        label = label_hypotheses(smoothed.scores, names, smoothed.first, cycle.rule, frame_best=own)
         self.unknown_published += label.unknown
         return label
 
@@ -351,29 +433,38 @@ class Pipeline:
         """Hypotheses per ROI, smoothed per track id (a detection without an id is not);
         background ROIs (the published class is `background_label`) left out unless
         `publish_background`. An unknown ROI is published: it is no background."""
-        s = cycle.settings
-        self.labels.forget(job.camera.index, job.stamp_s)
+        s, camera = cycle.settings, job.camera
+        self.labels.forget(camera.index, job.stamp_s)
+        keys, repeated = stream_keys([roi.id for roi in job.rois])
+        if repeated:
+            self._repeated_ids(job, repeated)
         out, background = [], 0
-        for roi, row in zip(job.rois, probs, strict=True):
-            label = self._label(job, roi.id or None, row, cycle)
+        for roi, key, row in zip(job.rois, keys, probs, strict=True):
+            label = self._label(job, key, row, cycle)
             is_background = label.name == s.background_label
             background += is_background
             if is_background and not s.publish_background:
                 continue
             out.append(RoiResult(roi, label.hypotheses))
-        if job.counts is not None and job.camera.rois is not None:
-            counts = job.counts
-            job.camera.rois.add(
-                FrameRois(
-                    counts.boxes,
-                    counts.classified,
-                    len(out),
-                    background,
-                    counts.over_max,
-                    counts.rejected,
-                )
+        if job.counts is not None and camera.rois is not None:
+            duplicates = sum(roi.id in repeated for roi in job.rois)
+            counts = replace(
+                job.counts, published=len(out), background=background, duplicate_ids=duplicates
             )
+            camera.rois.add(counts)
         return out
+
+    def _repeated_ids(self, job: _Job, repeated: set[str]) -> None:
+        """Ids several ROIs of one frame carry name no one object: their state is dropped and
+        the ROIs go unsmoothed (counted as rois_duplicate_ids, warned once per camera)."""
+        self.labels.discard(job.camera.index, repeated)
+        if job.camera.warn_once("duplicate_ids"):
+            self.context.logger.warning(
+                f"camera {job.camera.name or '(default)'}: detection id(s) "
+                f"{', '.join(repr(i) for i in sorted(repeated)[:5])} repeated within one frame; "
+                "such ROIs are published unsmoothed (an id must name one tracked object). "
+                "Logged once; counted as rois_duplicate_ids"
+            )
 
     def _capture(self, job: _Job, probs: np.ndarray, cycle: _Cycle) -> None:
         """Offer each frame (full frame) or crop (ROI modes, the crops just classified) with
@@ -404,42 +495,63 @@ class Pipeline:
 
 
 class Worker:
-    """The one classification thread: runs `Pipeline.cycle` until `stop`.
+    """The one classification thread: runs `Pipeline.cycle` from `start` until `stop`.
 
     `max_rate_hz()` > 0 makes it wait between cycles; frames replaced meanwhile count as dropped.
     An unexpected exception in a cycle is counted (`pipeline.errors`) and logged, never fatal.
+    A cycle that outlasts `stop`'s timeout is not abandoned to run beside a new thread: the
+    thread keeps its place until it sees the stop, and a `start` before that tells it to go on,
+    so two threads never classify at once.
     """
 
     def __init__(self, pipeline: Pipeline, max_rate_hz: Callable[[], float]) -> None:
         self._pipeline = pipeline
         self._max_rate_hz = max_rate_hz
+        self._lock = threading.Lock()  # `_thread` and the stop decision
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the running loop, until it decides to end
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="classify", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._stop.clear()
+            if self._thread is not None:
+                return  # still in the cycle it was in when `stop` gave up waiting: it goes on
+            self._thread = threading.Thread(target=self._loop, name="classify", daemon=True)
+            self._thread.start()
 
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        with self._lock:
+            thread = self._thread
+        return thread is not None and thread.is_alive()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the thread to end after its cycle; True when it ended within `timeout` s."""
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
         self._pipeline.frames.wake()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=timeout)
-        self._thread = None
+        if thread is not None:
+            thread.join(timeout=timeout)
+        return thread is None or not thread.is_alive()
+
+    def _running(self) -> bool:
+        """Whether to run another cycle; on a stop the thread gives up its place (under the
+        lock, so a `start` either keeps it going or makes the next one, never both)."""
+        with self._lock:
+            if not self._stop.is_set():
+                return True
+            self._thread = None
+            return False
 
     def _loop(self) -> None:
         next_allowed = 0.0
         pipeline = self._pipeline
-        while not self._stop.is_set():
+        while self._running():
             rate = self._max_rate_hz()
             if rate > 0.0:
                 wait = next_allowed - time.monotonic()
                 if wait > 0.0 and self._stop.wait(wait):
-                    break
+                    continue
             gather_s = pipeline.context.settings().batch_wait_s
             taken = pipeline.frames.take_all(timeout=0.2, gather_s=gather_s)
             if not taken or self._stop.is_set():

@@ -5,7 +5,8 @@ can switch between the two formats by changing only how it parses.
 
 `label_hypotheses` turns one (smoothed) score vector into what is published: the published class
 first (while the smoother holds a class it is not the top score), then the others best first,
-or `unknown` first when the published class scores below the unknown threshold.
+or `unknown` first when the frame's own best score (before smoothing) is below the unknown
+threshold.
 """
 
 from __future__ import annotations
@@ -70,21 +71,28 @@ class Label:
 
 
 def label_hypotheses(
-    scores: np.ndarray, class_names: Sequence[str], first: int, rule: HypothesisRule
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    first: int,
+    rule: HypothesisRule,
+    *,
+    frame_best: float,
 ) -> Label:
     """The hypotheses of one (C,) score vector whose published class is `first`.
 
     `first` leads even when another class scores higher (the smoother holds it), then the rest
-    follow best first (ties: lower index first, like `Classifier.classify`). When `first` scores
-    below `rule.unknown_threshold`, `unknown` with score 1 - that score leads and the class
-    hypotheses follow it, so a consumer still sees what the model leaned to. `score_threshold`
-    leaves out class hypotheses scoring lower; if it leaves out `first`, no class hypothesis is
-    published at all, so the one after it can never stand in for a held class.
+    follow best first (ties: lower index first, like `Classifier.classify`). When `frame_best`,
+    the frame's (ROI's) own best score before any smoothing, is below
+    `rule.unknown_threshold` (chosen by `finetune` on exactly such scores), `unknown` with score
+    1 - `frame_best` leads and the class hypotheses follow it, so a consumer still sees what the
+    model leaned to. `score_threshold` leaves out class hypotheses scoring lower; if it leaves
+    out `first`, no class hypothesis is published at all, so the one after it can never stand
+    in for a held class.
     """
     best = float(scores[first])
-    unknown = rule.unknown_threshold is not None and best < rule.unknown_threshold
+    unknown = rule.unknown_threshold is not None and frame_best < rule.unknown_threshold
     name = UNKNOWN_LABEL if unknown else str(class_names[first])
-    head: Hypotheses = [(UNKNOWN_LABEL, 1.0 - best)] if unknown else []
+    head: Hypotheses = [(UNKNOWN_LABEL, 1.0 - float(frame_best))] if unknown else []
     room = rule.top_k - len(head)
     if room <= 0 or best < rule.score_threshold:
         return Label(name, head)

@@ -74,6 +74,12 @@ def fixed_rois(values: Sequence[float] | None) -> tuple[Roi, ...]:
     return tuple(rois)
 
 
+def frame_ids_differ(image_frame_id: str, detections_frame_id: str) -> bool:
+    """Whether detections claim another camera frame than their image: both frame_ids set and
+    different. An empty frame_id states nothing (many detectors leave it so)."""
+    return bool(image_frame_id and detections_frame_id and image_frame_id != detections_frame_id)
+
+
 def detection_rois(msg: Any, limit: int | None = None) -> list[Roi]:
     """The ROIs of a vision_msgs 4 `Detection2DArray`, in message order (duck-typed); only the
     first `limit`, so a runaway detector costs nothing for the boxes beyond it.

@@ -157,6 +157,7 @@ class StatsSnapshot:
     latency_ms_p95: float
     bad_in_period: int
     unstamped: int = 0  # processed frames with stamp 0, left out of the latency percentiles
+    stamp_jumps_back: int = 0  # arriving image stamps earlier than the one before
 
 
 class FrameStats:
@@ -171,6 +172,8 @@ class FrameStats:
         self.bad = 0
         self.errors = 0
         self.unstamped = 0
+        self.stamp_jumps_back = 0
+        self._newest_stamp = -1  # ns; the latest image stamp seen since the last jump back
         self._inference_ms: deque[float] = deque(maxlen=window)
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._last = (self._monotonic(), 0, 0, 0)
@@ -179,6 +182,15 @@ class FrameStats:
         with self._lock:
             self.received += 1
             self.dropped += int(dropped_one)
+
+    def note_stamp(self, stamp_ns: int) -> bool:
+        """An arriving image's stamp; True (counted) when it went back: the clock jumped (a bag
+        loop, a simulator reset, a restarted driver)."""
+        with self._lock:
+            jumped = stamp_ns < self._newest_stamp
+            self.stamp_jumps_back += int(jumped)
+            self._newest_stamp = stamp_ns
+            return jumped
 
     def count_dropped(self) -> None:
         """A frame replaced before the worker took it, counted apart from its arrival (ROI
@@ -231,6 +243,7 @@ class FrameStats:
                 latency_ms_p95=percentile(latency, 95),
                 bad_in_period=self.bad - bad,
                 unstamped=self.unstamped,
+                stamp_jumps_back=self.stamp_jumps_back,
             )
 
 
@@ -242,13 +255,27 @@ class FrameRois:
     classified: int
     published: int
     background: int  # classified with the background class as best
-    over_max: int  # beyond max_rois, not classified
-    rejected: Mapping[str, int]  # crop.REASONS -> boxes not cropped
+    over_max: int  # beyond max_rois (or the camera's share of it), not classified
+    rejected: Mapping[str, int]  # crop.REASONS and budget.OVER_BUDGET -> boxes not cropped
+    duplicate_ids: int = 0  # classified ROIs whose id another ROI of the frame has too
+
+
+#: The frame-level counters of `RoiSnapshot` besides the per-ROI ones of `FrameRois`.
+FRAME_COUNTERS: tuple[str, ...] = ("frame_id_mismatches", "frame_id_refused")
+_ROI_COUNTERS: tuple[str, ...] = (
+    "boxes",
+    "classified",
+    "published",
+    "background",
+    "over_max",
+    "duplicate_ids",
+)
 
 
 @dataclass(frozen=True)
 class RoiSnapshot:
-    """ROI counts since start, per camera."""
+    """ROI counts since start, per camera; `frame_id_*`: detection messages whose frame_id is
+    not the image's, and those of them refused (`frame_id_must_match`)."""
 
     boxes: int = 0
     classified: int = 0
@@ -256,6 +283,9 @@ class RoiSnapshot:
     background: int = 0
     over_max: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
+    duplicate_ids: int = 0
+    frame_id_mismatches: int = 0
+    frame_id_refused: int = 0
 
 
 class RoiStats:
@@ -263,24 +293,24 @@ class RoiStats:
 
     def __init__(self, reasons: Iterable[str]) -> None:
         self._lock = threading.Lock()
-        self._totals = [0, 0, 0, 0, 0]
+        self._totals = dict.fromkeys(_ROI_COUNTERS + FRAME_COUNTERS, 0)
         self._rejected = dict.fromkeys(reasons, 0)
 
     def add(self, frame: FrameRois) -> None:
         with self._lock:
-            for i, value in enumerate(
-                (frame.boxes, frame.classified, frame.published, frame.background, frame.over_max)
-            ):
-                self._totals[i] += value
+            for name in _ROI_COUNTERS:
+                self._totals[name] += getattr(frame, name)
             for reason, count in frame.rejected.items():
                 self._rejected[reason] = self._rejected.get(reason, 0) + count
 
+    def count_frame_id_mismatch(self, refused: bool) -> None:
+        with self._lock:
+            self._totals["frame_id_mismatches"] += 1
+            self._totals["frame_id_refused"] += int(refused)
+
     def snapshot(self) -> RoiSnapshot:
         with self._lock:
-            boxes, classified, published, background, over_max = self._totals
-            return RoiSnapshot(
-                boxes, classified, published, background, over_max, dict(self._rejected)
-            )
+            return RoiSnapshot(rejected=dict(self._rejected), **self._totals)
 
 
 @dataclass(frozen=True)
