@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import color_image
@@ -24,6 +27,7 @@ from node_harness import (
     node_in_process,
     probe,
     raw_image,
+    roi_node_and_probe,
     start_node_process,
     stop_process,
     wait_for_outputs,
@@ -179,3 +183,96 @@ def test_a_full_disk_at_the_first_write_leaves_the_node_serving(
     warnings = capture_warnings(output)
     assert len(warnings) == 1 and "No space left on device" in warnings[0], output
     assert not any(directory.iterdir())  # the tmpfs went with the node's mount namespace
+
+
+# ------------------------------------------------------------------ a looped bag replay
+LOOP_FRAMES, LOOP_PAIRED, LOOP_PERIOD_NS = 16, 10, 50_000_000  # 20 Hz; detector stops at 10
+LOOP_GREEN = 5  # the sign's patch turns green at this frame
+LOOP_QUEUE = 4  # sync_queue: the last images of a loop fill it
+LOOP_BOX = (60, 40, 40, 40)  # x, y, w, h of the sign's patch
+
+
+def loop_bag(path: Path, detections_offset_ns: int) -> Path:
+    """0.8 s of camera: a red sign, green from frame 5 on; the detector (one box, track "s")
+    stopped after frame 9, so the camera's last 6 frames fill the pairing queue unpaired."""
+    from bagutil import T0
+    from node_bundles import patch_frame
+
+    from tl_perception.bag.writer import Det, Msg, write_bag
+    from tl_perception.crop import Box
+
+    messages = []
+    for i in range(LOOP_FRAMES):
+        t_ns = T0 + i * LOOP_PERIOD_NS
+        colour = "red" if i < LOOP_GREEN else "green"
+        rgb = patch_frame((120, 160), [(colour, *LOOP_BOX)], seed=i)
+        messages.append(Msg("/cam", t_ns, "image", (rgb, "rgb8")))
+        if i < LOOP_PAIRED:
+            det = Det(Box.from_xywh(*LOOP_BOX), id="s")
+            stamp = t_ns + detections_offset_ns
+            messages.append(Msg("/det", t_ns + 5_000_000, "detections", [det], stamp_ns=stamp))
+    return write_bag(path, "mcap", messages)
+
+
+def loops_of(bodies: list[dict[str, Any]]) -> list[list[tuple[int, str]]]:
+    """(frame index, published class) per loop of the replay, in arrival order."""
+    from bagutil import T0
+
+    loops: list[list[tuple[int, str]]] = []
+    last = LOOP_FRAMES
+    for body in bodies:
+        stamp = body["header"]["stamp"]
+        index = (stamp["sec"] * 10**9 + stamp["nanosec"] - T0) // LOOP_PERIOD_NS
+        if index < last:
+            loops.append([])
+        last = index
+        loops[-1].extend((index, d["results"][0]["class_id"]) for d in body["detections"])
+    return loops
+
+
+@pytest.mark.parametrize(
+    ("mode", "offset_ms", "tolerance_s"), [("exact", 0, 0.0), ("near", 3, 0.01)]
+)
+def test_a_looped_bag_replay_pairs_again_right_after_every_jump_back(
+    color_bundle: Path, tmp_path: Path, mode: str, offset_ms: int, tolerance_s: float
+) -> None:
+    """`tl-perception play --loops 3` (ros2 bag play --loop's stamps): each loop's clock jumps
+    back 0.8 s while a full queue of the last loop's images waits for detections. Every pair of
+    every loop is made (exact and approximate pairing), the smoothing restarts (frame 0's red is
+    published at once, not held by the green before the jump), and what is dropped is counted."""
+    pytest.importorskip("vision_msgs.msg", reason="ROI mode needs vision_msgs")
+    bag = loop_bag(tmp_path / "loop", offset_ms * 1_000_000)
+    ns = f"/loop{mode}"
+    overrides = {
+        "model_path": str(color_bundle),
+        "roi_source": "detections",
+        "qos": "reliable",
+        "sync_tolerance_s": tolerance_s,
+        "sync_queue": LOOP_QUEUE,
+    }
+    with roi_node_and_probe(overrides, ns) as (_node, p):
+        cmd = [sys.executable, "-m", "tl_perception.cli", "play", str(bag), "--loops", "3"]
+        cmd += ["--remap", f"/cam:={ns}/image", "--remap", f"/det:={ns}/detections"]
+        cmd += ["--wait-subscribers", "1", "--wait-timeout", "30"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        final = {"paired_frames": str(3 * LOOP_PAIRED), "received_frames": str(3 * LOOP_FRAMES)}
+
+        def settled(d: dict[str, str]) -> bool:  # the last pair classified (or replaced) too
+            done = int(d["processed_frames"]) + int(d["dropped_frames"])
+            return final.items() <= d.items() and done == 3 * LOOP_PAIRED
+
+        diag = wait_until(lambda: (d := p.latest_diagnostics()) and settled(d) and d, 20.0)
+        with p._lock:
+            bodies = list(p.default.detections)
+    assert diag["stamp_jumps_back"] == "2"
+    # nothing vanished: every image was classified, replaced by a newer pair, or counted
+    received = int(diag["received_frames"])
+    unaccounted = received - int(diag["unpaired_images"]) - int(diag["waiting_images"])
+    assert unaccounted == int(diag["processed_frames"]) + int(diag["dropped_frames"])
+    loops = loops_of(bodies)
+    assert len(loops) == 3, loops
+    for later in loops[1:]:
+        first_index, first_class = later[0]
+        assert first_index <= 1, later  # paired again within a frame or two of the jump
+        assert first_class == "red" and all(c == "red" for i, c in later if i < LOOP_GREEN), later

@@ -132,3 +132,50 @@ def _detections(msg) -> tuple:
     return (stamp.sec, stamp.nanosec, msg.header.frame_id), tuple(
         detection(d) for d in msg.detections
     )
+
+
+def test_loops_replay_the_bag_with_its_recorded_stamps_and_loop_stops_on_sigint(tmp_path):
+    """`--loops 2` plays everything twice, the same stamps each time (the clock jumps back, as
+    with `ros2 bag play --loop`); `--loop` plays until Ctrl-C (then the CLI's "interrupted",
+    exit 130)."""
+    import signal
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    bag = write_bag(tmp_path / "b", "mcap", frames("/cam", [pattern(i) for i in range(4)]))
+    rclpy.init()
+    node = rclpy.create_node("play_loops_listener")
+    got: list = []
+    node.create_subscription(
+        Image, "/cam", got.append, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    base = [sys.executable, "-m", "tl_perception.cli", "play", str(bag), "--rate", "4"]
+    base += ["--wait-subscribers", "1", "--wait-timeout", "20"]
+
+    def spin_until(done, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done():
+            rclpy.spin_once(node, timeout_sec=0.1)
+
+    try:
+        forever = twice = subprocess.Popen(
+            [*base, "--loops", "2"], stdout=subprocess.PIPE, text=True
+        )
+        spin_until(lambda: len(got) >= 8, 40)
+        out = twice.communicate(timeout=30)[0]
+        assert twice.returncode == 0, out
+        stamps = [m.header.stamp.sec * SEC + m.header.stamp.nanosec for m in got]
+        assert stamps == [T0 + round(i * 0.1 * SEC) for i in range(4)] * 2
+
+        got.clear()
+        forever = subprocess.Popen([*base, "--loop"], stdout=subprocess.PIPE, text=True)
+        spin_until(lambda: len(got) >= 10, 40)  # a third loop began
+        forever.send_signal(signal.SIGINT)
+        out = forever.communicate(timeout=30)[0]
+        assert forever.returncode == 130 and len(got) >= 10, out
+    finally:
+        for proc in (twice, forever):
+            proc.kill()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -21,7 +21,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     ply.add_argument("bag", type=Path, metavar="BAG")
     ply.add_argument("--topic", action="append", default=[], help="topic to play (repeatable)")
     ply.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
-    ply.add_argument("--loop", action="store_true")
+    loops = ply.add_mutually_exclusive_group()
+    loops.add_argument(
+        "--loop",
+        action="store_const",
+        const=0,
+        dest="loops",
+        help="play again and again until Ctrl-C, the same recorded stamps every time (as "
+        "`ros2 bag play --loop`: the subscribers' clock jumps back at each start)",
+    )
+    loops.add_argument(
+        "--loops",
+        type=int,
+        default=1,
+        metavar="N",
+        help="play the bag N times (default 1; 0: as --loop)",
+    )
     ply.add_argument("--remap", action="append", default=[], metavar="FROM:=TO")
     ply.add_argument("--qos", choices=("reliable", "sensor_data"), default="reliable")
     ply.add_argument(
@@ -32,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="wait until every topic has N subscribers (see --wait-timeout)",
     )
     ply.add_argument("--wait-timeout", type=float, default=10.0, metavar="SECONDS")
-    ply.set_defaults(func=run_play)
+    ply.set_defaults(func=run_play, loops=1)
 
 
 def parse_remaps(items: list[str]) -> dict[str, str]:
@@ -52,7 +67,7 @@ def run_play(args: argparse.Namespace) -> int:
         bag=args.bag,
         topics=tuple(args.topic),
         rate=args.rate,
-        loop=args.loop,
+        loops=args.loops,
         remap=parse_remaps(args.remap),
         qos=args.qos,
         wait_subscribers=args.wait_subscribers,

@@ -2,8 +2,11 @@
 
 The stand-in for `ros2 bag play` where rosbag2 is not installed. Messages keep their recorded
 spacing (scaled by `rate`) and their recorded header stamps; rosbags messages are copied field by
-field into rclpy messages, so nothing is re-encoded. This module is the one place that converts
-rosbags messages to rclpy ones: `to_ros` and its table `CONVERTERS`.
+field into rclpy messages, so nothing is re-encoded. Looping (`loops`) is `ros2 bag play --loop`'s:
+the bag starts again right after its last message with the same recorded stamps, so every loop
+makes the subscribers' clock jump back, as a simulator reset or a restarted driver does. This
+module is the one place that converts rosbags messages to rclpy ones: `to_ros` and its table
+`CONVERTERS`.
 `vision_msgs/msg/Detection2DArray` (a detector's boxes, as `synth --kind road` writes them) is
 played wherever vision_msgs imports (a ROS install, or `make venv`).
 """
@@ -128,7 +131,7 @@ class PlayOptions:
     bag: Path
     topics: tuple[str, ...] = ()
     rate: float = 1.0
-    loop: bool = False
+    loops: int = 1  # times the bag is played; 0 = for ever (until Ctrl-C)
     remap: Mapping[str, str] = field(default_factory=dict)
     qos: str = "reliable"
     depth: int = 10
@@ -137,9 +140,12 @@ class PlayOptions:
 
 
 def play(options: PlayOptions) -> int:
-    """Publish the bag once (or forever with `loop`); returns the number of messages published."""
+    """Publish the bag `loops` times (0: until Ctrl-C); returns the number of messages
+    published."""
     if options.rate <= 0:
         raise BagError(f"--rate {options.rate}: must be > 0")
+    if options.loops < 0:
+        raise BagError(f"--loops {options.loops}: must be >= 0 (0: for ever, as --loop)")
     own_context = not rclpy.ok()
     if own_context:
         rclpy.init()
@@ -162,10 +168,10 @@ def play(options: PlayOptions) -> int:
                 for t, m in topics.items()
             }
             _wait_for_subscribers(node, list(pubs.values()), options)
-            while True:
+            played = 0
+            while rclpy.ok() and (options.loops == 0 or played < options.loops):
                 published += _play_once(reader, options, pubs, topics, node)
-                if not options.loop:
-                    break
+                played += 1
             time.sleep(0.2)  # let the last messages leave before the publishers go away
     finally:
         node.destroy_node()
