@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -221,3 +222,37 @@ def test_node_name_and_backend_list_have_one_source() -> None:
         "/front/classifier: image classification"
     )
     assert PARAMETERS["backend"].choices is BACKENDS
+
+
+def test_a_worker_whose_cycle_outlives_stop_is_resumed_never_doubled() -> None:
+    """stop() gives up waiting for a cycle that does not end; the next start() must not run a
+    second classification thread beside it: the first goes on instead."""
+    import logging
+
+    from tl_perception.ros.pipeline import Pipeline, PipelineContext, Settings, Worker
+    from tl_perception.ros.stats import LatestFrames
+
+    gate, inside = threading.Event(), threading.Event()
+
+    def settings() -> Settings:  # the worker's first read of the settings takes long
+        inside.set()
+        gate.wait(10.0)
+        return Settings()
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "classify" and t not in before]
+
+    before = set(threading.enumerate())
+    context = PipelineContext(lambda: None, settings, lambda: 0, logging.getLogger("worker"))
+    worker = Worker(Pipeline([], LatestFrames(1), context), lambda: 0.0)
+    worker.start()
+    assert inside.wait(10.0)
+    assert not worker.stop(timeout=0.05)  # still in its cycle
+    worker.start()  # an activate right after
+    assert len(workers()) == 1
+    inside.clear()
+    gate.set()
+    assert inside.wait(10.0)  # the same thread came round again: it was resumed
+    assert len(workers()) == 1 and worker.is_alive()
+    assert worker.stop(timeout=5.0) and not worker.is_alive()
+    assert workers() == []
