@@ -172,37 +172,60 @@ def test_ece_and_reliability_bins_by_hand() -> None:
     assert cal.reliability_bins(np.array([[1.0, 0.0]]), np.array([0]))[-1].count == 1
 
 
-def test_unknown_threshold_is_the_smallest_score_reaching_the_target() -> None:
-    # 30 images sorted by score: the top 20 all right, then mistakes mixed in
-    scores = np.linspace(0.99, 0.40, 30)
-    correct = np.ones(30, dtype=bool)
-    correct[[21, 23, 25, 27, 29]] = False
-    choice = cal.unknown_threshold(scores, correct, target=0.95, min_answered=10)
-    # answering 23 (index 21 wrong): 22/23 = 0.957 >= 0.95; answering 24: 22/24 = 0.917 < 0.95
-    assert choice.value == pytest.approx(scores[22])
-    assert (choice.answered, choice.n, choice.reason) == (23, 30, "reached")
-    assert choice.precision == pytest.approx(22 / 23)
-    assert choice.coverage == pytest.approx(23 / 30)
-    assert cal.unknown_threshold(scores, correct, min_answered=25).value is None
+def test_a_precision_claim_needs_evidence_not_a_lucky_split() -> None:
+    """The issue's repro: a clean 40-image split used to record its lowest score (0.950) as
+    the threshold. 40 right of 40 prove only 0.937 at 95 % confidence: no threshold. With no
+    mistake at all, 52 answered images are the least that prove 0.95."""
+    clean = cal.unknown_threshold(np.linspace(0.999, 0.950, 40), np.ones(40, dtype=bool))
+    assert clean.value is None and clean.reason.startswith("never proven")
+    assert (clean.precision, clean.answered) == (1.0, 40)
+    assert cal.precision_lower_bound(40, 40) == pytest.approx(0.93665, abs=1e-5)
+    assert cal.precision_lower_bound(51, 51) < 0.95 <= cal.precision_lower_bound(52, 52)
+    assert cal.precision_lower_bound(0, 0) == 0.0
+    assert clean.precision_lower_bound == pytest.approx(0.93665, abs=1e-5)
+    enough = cal.unknown_threshold(np.linspace(0.999, 0.950, 52), np.ones(52, dtype=bool))
+    assert enough.value == pytest.approx(0.950) and enough.answered == 52
+    assert enough.to_dict()["confidence"] == 0.95
+
+
+def test_unknown_threshold_is_the_smallest_score_whose_precision_is_proven() -> None:
+    # 400 images sorted by score: the top 300 all right, then one mistake in every 5
+    scores = np.linspace(0.999, 0.4, 400)
+    correct = np.ones(400, dtype=bool)
+    correct[304::5] = False
+    choice = cal.unknown_threshold(scores, correct, target=0.95)
+    # the 359 best images hold 11 mistakes: 348/359 = 0.969, proven at 95 % (bound 0.9505);
+    # every larger answered set proves less than 0.95
+    k = choice.answered
+    assert (k, int(correct[:k].sum())) == (359, 348)
+    right = int(correct[:k].sum())
+    assert cal.precision_lower_bound(right, k) >= 0.95
+    assert all(
+        cal.precision_lower_bound(int(correct[:j].sum()), j) < 0.95 for j in range(k + 1, 401)
+    )
+    assert choice.value == pytest.approx(scores[k - 1]) and choice.reason == "reached"
+    assert 300 < k < 400 and choice.precision == pytest.approx(right / k)
+    assert choice.precision_lower_bound == pytest.approx(cal.precision_lower_bound(right, k))
+    assert cal.unknown_threshold(scores, correct, min_answered=401).value is None
 
 
 def test_unknown_threshold_takes_the_smallest_even_past_a_dip() -> None:
-    """Precision is not monotone in the threshold: the most-answering qualifying one wins."""
-    scores = np.linspace(0.9, 0.5, 10)
-    correct = np.array([True, False] + [True] * 8)  # 1/1, 1/2, 2/3, ..., 9/10
-    choice = cal.unknown_threshold(scores, correct, target=0.9, min_answered=1)
-    assert choice.value == pytest.approx(scores[9]) and choice.answered == 10
+    """Precision is not monotone in the threshold: the most-answering proven one wins."""
+    scores = np.linspace(0.9, 0.5, 200)
+    correct = np.array([True, False] + [True] * 198)  # 1/1, 1/2, 2/3, ..., 199/200
+    choice = cal.unknown_threshold(scores, correct, target=0.95, min_answered=1)
+    assert choice.value == pytest.approx(scores[199]) and choice.answered == 200
 
 
 def test_unknown_threshold_answers_ties_together_and_handles_failure() -> None:
-    scores = np.array([0.9] * 10 + [0.5] * 10)
-    correct = np.array([True] * 10 + [True] * 9 + [False])
+    scores = np.array([0.9] * 100 + [0.5] * 100)
+    correct = np.array([True] * 100 + [True] * 99 + [False])
     choice = cal.unknown_threshold(scores, correct, target=0.95, min_answered=5)
-    assert (choice.value, choice.answered) == (0.5, 20)  # 19/20 = 0.95 with all ties
-    # never reached: no value, but the best precision that was possible is recorded
+    assert (choice.value, choice.answered) == (0.5, 200)  # 199/200, all ties answered together
+    # never proven: no value, but the best evidence there was is recorded
     bad = cal.unknown_threshold(scores, ~correct, target=0.95, min_answered=5)
-    assert bad.value is None and bad.reason.startswith("never reached")
-    assert bad.precision == pytest.approx(1 / 20)
+    assert bad.value is None and bad.reason.startswith("never proven")
+    assert bad.precision == pytest.approx(1 / 200)
     # a split smaller than min_answered records nothing
     small = cal.unknown_threshold(scores[:4], correct[:4], min_answered=20)
     assert small.value is None and small.answered == 0 and "4 validation images" in small.reason

@@ -365,6 +365,31 @@ def test_unknown_below_the_bundle_threshold_and_the_parameter_override(
         diagnostics_where(p, lambda d: d["unknown_threshold"] == "0.9 (bundle)")
 
 
+
+def test_unknown_is_judged_on_the_frame_s_own_score_not_the_smoothed_one(
+    color_bundle: Path, classifier: Any
+) -> None:
+    """The bundle chose its threshold on each val image's own best score; with smoothing on,
+    the published (smoothed) score is another quantity. An unsure frame after sure ones is
+    unknown although the average is high, and a sure frame after unsure ones is not, although
+    the average is low."""
+    sure, unsure = color_image("red", (48, 64), seed=5), mixed_frame(seed=3)
+    config = SmoothingConfig()  # the node's defaults: ema 0.5, switch_frames 2
+    overrides = {"model_path": str(color_bundle), "qos": "reliable", "unknown_threshold": 0.0}
+    with node_in_process(overrides, namespace="/unkraw") as node, probe(namespace="/unkraw") as p:
+        p.wait_for_subscriber(p.image_pub)
+        wait_for_outputs(node)
+        for first, frames in ((0, [sure] * 3 + [unsure]), (100, [unsure] * 3 + [sure])):
+            own = float(classifier.predict_proba([frames[-1]])[0].max())
+            _cls, smoothed = replay(classifier, frames, config)[-1]
+            published = float(smoothed.max())
+            assert abs(own - published) > 0.02, (own, published)  # the two really differ
+            threshold = (own + published) / 2
+            set_params(node, unknown_threshold=threshold)  # 10 s of stamps on: a fresh stream
+            body = play(p, frames, first=first)[-1]
+            assert (top(body) == UNKNOWN_LABEL) is (own < threshold), (own, published)
+
+
 # ------------------------------------------------------------------ capture
 def test_capture_writes_hard_frames_within_its_limits_and_the_loop_reads_them(
     color_bundle: Path, classifier: Any, tmp_path: Path

@@ -7,8 +7,11 @@
   layer (kernel and bias divided by T), so the model graph and the bundle contract stay as they
   are and every backend (Keras, LiteRT) gives calibrated scores without knowing T.
 - `expected_calibration_error`: ECE over `ECE_BINS` (15) equal-width confidence bins.
-- `unknown_threshold`: the smallest best-score threshold at which the answered samples are
-  right at least `target` (95 %) of the time (rule in docs/training.md, "Calibration").
+- `unknown_threshold`: the smallest best-score threshold at which the answered samples are,
+  with 95 % confidence, right at least `target` (95 %) of the time: the one-sided Wilson lower
+  bound of their precision must reach it, so a threshold needs evidence, not a lucky split (a
+  clean 40-image split records none; with no mistake at all it takes 52 answered images). Rule
+  in docs/training.md, "Calibration".
 
 Everything here takes arrays and returns numbers or small dataclasses, so the trainer, the
 evaluator and the tests share one definition of each quantity.
@@ -35,6 +38,10 @@ PRECISION_TARGET = 0.95
 #: A threshold must leave at least this many validation images answered; otherwise "precision"
 #: would be one lucky image, and a split smaller than this records no threshold at all.
 MIN_ANSWERED = 20
+#: Confidence of the precision claim: the one-sided lower bound at this level must reach the
+#: target. z of the standard normal at 0.95, one-sided (Wilson's score interval).
+CONFIDENCE = 0.95
+_Z_ONE_SIDED_95 = 1.6448536269514722
 #: Coverages at which `evaluate` reports the accuracy of the answered fraction.
 REPORT_COVERAGES: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 #: Points of the accuracy-coverage curve kept in evaluation.json (enough to draw it).
@@ -290,9 +297,27 @@ def answered_at(scores: np.ndarray, correct: np.ndarray, threshold: float) -> Co
     )
 
 
+def precision_lower_bound(right: int, answered: int) -> float:
+    """One-sided 95 % Wilson score lower bound of a precision of `right` / `answered`.
+
+    Wilson's interval behaves at the edges, where the normal approximation does not: 40 right
+    of 40 give 0.937, not 1.0; n right of n reach 0.95 from n = 52 on. 0 for nothing answered.
+    """
+    if answered <= 0:
+        return 0.0
+    z2, p, n = _Z_ONE_SIDED_95**2, right / answered, answered
+    centre = p + z2 / (2 * n)
+    margin = _Z_ONE_SIDED_95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z2 / n))
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """bundle.json's `unknown_threshold`: the value (None: none found) and what it achieved."""
+    """bundle.json's `unknown_threshold`: the value (None: none found) and what it achieved.
+
+    `precision` is what the answered val images were (right / answered), `precision_lower_bound`
+    what they prove at `confidence` (the quantity that had to reach `target_precision`).
+    """
 
     value: float | None
     target_precision: float
@@ -303,11 +328,13 @@ class ThresholdChoice:
     min_answered: int
     reason: str
     split: str = "val"
+    precision_lower_bound: float | None = None
+    confidence: float = CONFIDENCE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; `value` exact (a rounded one could exclude its own boundary image)."""
         data = asdict(self)
-        for key in ("precision", "coverage"):
+        for key in ("precision", "coverage", "precision_lower_bound"):
             if data[key] is not None:
                 data[key] = round(data[key], 6)
         return data
@@ -319,15 +346,20 @@ def unknown_threshold(
     target: float = PRECISION_TARGET,
     min_answered: int = MIN_ANSWERED,
 ) -> ThresholdChoice:
-    """The smallest best-score threshold whose answered samples reach `target` precision.
+    """The smallest best-score threshold whose answered samples prove `target` precision.
 
-    Candidates are the distinct scores; a candidate t answers the samples with score >= t and
-    must answer at least `min_answered` of them. The smallest qualifying t answers the most.
-    No candidate qualifies (the target is never reached, or fewer than `min_answered` samples):
+    Candidates are the distinct scores; a candidate t answers the samples with score >= t, must
+    answer at least `min_answered` of them, and the 95 % lower bound of their precision
+    (`precision_lower_bound`) must reach `target`: a point estimate of 95 % on a few dozen
+    images is a fluke as often as not. The smallest qualifying t answers the most. No
+    candidate qualifies (not enough evidence anywhere, or fewer than `min_answered` samples):
     value None, and the reason says which.
     """
     n = len(scores)
     curve = [p for p in coverage_curve(scores, correct) if p.answered >= min_answered]
+
+    def bound(point: CoveragePoint) -> float:
+        return precision_lower_bound(round(point.accuracy * point.answered), point.answered)
 
     def choice(point: CoveragePoint | None, reason: str) -> ThresholdChoice:
         return ThresholdChoice(
@@ -339,15 +371,20 @@ def unknown_threshold(
             n=n,
             min_answered=min_answered,
             reason=reason,
+            precision_lower_bound=bound(point) if point else None,
         )
 
     if not curve:
         return choice(None, f"{n} validation images (< {min_answered})")
-    reached = [p for p in curve if p.accuracy >= target]
+    reached = [p for p in curve if bound(p) >= target]
     if reached:
         return choice(min(reached, key=lambda p: p.threshold), "reached")
-    best = max(curve, key=lambda p: (p.accuracy, p.coverage))
-    return choice(best, f"never reached: at most {best.accuracy:.3f} precision")
+    best = max(curve, key=lambda p: (bound(p), p.coverage))
+    return choice(
+        best,
+        f"never proven: at most {bound(best):.3f} precision at {CONFIDENCE:.0%} confidence "
+        f"({best.accuracy:.3f} of {best.answered} answered images)",
+    )
 
 
 def calibration_report(
