@@ -2,15 +2,21 @@
 
 A model trained only on crops of signs must still say "no sign here" when a detector fires on a
 sign-coloured patch; negatives teach it that. Each negative is a box whose crop, by the run's
-`CropPolicy` (context and square included), lies entirely inside the frame (real pixels, no
-fill: fill would tell the model "this is a negative") and does not touch the crop, nor the box, of
-any box of the frame, labelled or not, nor another negative of the frame: IoU 0 with all of them.
+`CropPolicy` (context and square included), does not touch the crop, nor the box, of any box of
+the frame, labelled or not, nor another negative of the frame: IoU 0 with all of them.
 
-Sizes: each negative takes the size of one of the frame's boxes that the policy accepts, chosen at
-random, so negatives look like what the detector boxes. A frame without such boxes uses squares
-with a side uniform in [max(min_box, 5% of the frame's shorter side), max(that, 25% of it)].
-Positions are uniform over the places where the crop fits; `NEGATIVE_TRIES` tries per negative,
-after which the frame has no room for it (the caller counts `negative_no_room`).
+Negatives copy the frame's positives, so that nothing but the content tells them apart: each one
+takes one of the frame's boxes that the policy accepts, chosen at random, as its template. It gets
+the template's size (negatives look like what the detector boxes) and the template's *border*:
+a positive near the frame's edge has a crop that reaches past it, filled by the policy's `fill`,
+so its negative's crop reaches past an edge by as many pixels (on the same side or the opposite
+one, chosen at random) and is filled the same way. A template whose crop lies inside the frame
+gives a negative inside the frame. So the share of filled crops, and how much of each is fill,
+is the same for negatives as for positives: neither "fill means sign" nor "fill means no sign"
+can be learnt. A frame without usable boxes uses squares inside the frame, with a side uniform
+in [max(min_box, 5% of the frame's shorter side), max(that, 25% of it)]. Along an axis where the
+crop stays inside, the position is uniform; `NEGATIVE_TRIES` tries per negative, after which the
+frame has no room for it (the caller counts `negative_no_room`).
 
 Everything is drawn from one generator seeded per frame (`negative_seed`), so the result does not
 depend on the worker that computes it.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +36,28 @@ NEGATIVE_TRIES = 30
 DEFAULT_SIDE = (0.05, 0.25)  # of the frame's shorter side, when the frame has no usable box
 
 Rect = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A positive to copy: its box size, and how many pixels of its crop lie past the frame's
+    edges, (before, after) per axis (x: left, right; y: top, bottom)."""
+
+    size_x: float
+    size_y: float
+    overhang_x: tuple[int, int] = (0, 0)
+    overhang_y: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, box: Box, policy: CropPolicy, frame_hw: tuple[int, int]) -> _Template:
+        height, width = frame_hw
+        x0, y0, w, h = crop_rect(box, policy)
+        return cls(
+            box.size_x,
+            box.size_y,
+            (max(0, -x0), max(0, x0 + w - width)),
+            (max(0, -y0), max(0, y0 + h - height)),
+        )
 
 
 def negative_seed(seed: int, bag: str, index: int) -> int:
@@ -43,10 +72,14 @@ def negative_boxes(
     """Up to `count` background boxes for a frame of (height, width) holding `boxes`."""
     rng = np.random.default_rng(seed)
     taken = [r for box in boxes for r in _rects(box, policy)]
-    sizes = [(b.size_x, b.size_y) for b in boxes if reject_reason(b, policy, frame_hw) is None]
+    templates = [
+        _Template.of(b, policy, frame_hw)
+        for b in boxes
+        if reject_reason(b, policy, frame_hw) is None
+    ]
     out: list[Box] = []
     for _ in range(count):
-        box = _place(rng, frame_hw, sizes, policy, taken)
+        box = _place(rng, frame_hw, templates, policy, taken)
         if box is None:
             continue
         out.append(box)
@@ -64,7 +97,7 @@ def _rects(box: Box, policy: CropPolicy) -> list[Rect]:
 def _place(
     rng: np.random.Generator,
     frame_hw: tuple[int, int],
-    sizes: list[tuple[float, float]],
+    templates: list[_Template],
     policy: CropPolicy,
     taken: list[Rect],
 ) -> Box | None:
@@ -73,23 +106,38 @@ def _place(
     lo = max(policy.min_box, DEFAULT_SIDE[0] * short, 1.0)
     hi = max(lo, DEFAULT_SIDE[1] * short)
     for _ in range(NEGATIVE_TRIES):
-        if sizes:
-            size_x, size_y = sizes[int(rng.integers(len(sizes)))]
+        if templates:
+            template = templates[int(rng.integers(len(templates)))]
         else:
-            size_x = size_y = float(rng.uniform(lo, hi))
-        _x, _y, w, h = crop_rect(Box(0.0, 0.0, size_x, size_y), policy)
-        if w > width or h > height:
+            side = float(rng.uniform(lo, hi))
+            template = _Template(side, side)
+        _x, _y, w, h = crop_rect(Box(0.0, 0.0, template.size_x, template.size_y), policy)
+        x0 = _start(rng, w, width, template.overhang_x)
+        y0 = _start(rng, h, height, template.overhang_y)
+        if x0 is None or y0 is None:
             continue
-        x0 = int(rng.integers(0, width - w + 1))
-        y0 = int(rng.integers(0, height - h + 1))
         # Centred so that crop_rect gives exactly (x0, y0, w, h): W/2 is exact in float64.
-        box = Box(x0 + w / 2, y0 + h / 2, size_x, size_y)
+        box = Box(x0 + w / 2, y0 + h / 2, template.size_x, template.size_y)
         rect = crop_rect(box, policy)
         if reject_reason(box, policy, frame_hw) is None and not any(
             _touch(rect, other) for other in taken
         ):
             return box
     return None
+
+
+def _start(
+    rng: np.random.Generator, length: int, size: int, overhang: tuple[int, int]
+) -> int | None:
+    """Where a crop of `length` starts along an axis of `size` pixels: past the edge by the
+    template's overhang (mirrored to the other edge half of the time), else uniformly inside
+    (None: it does not fit inside)."""
+    before, after = overhang
+    if before == after == 0:
+        return int(rng.integers(0, size - length + 1)) if length <= size else None
+    if rng.random() < 0.5:
+        before, after = after, before
+    return -before if before else size - length + after
 
 
 def _touch(a: Rect, b: Rect) -> bool:
