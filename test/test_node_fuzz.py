@@ -18,9 +18,12 @@ dropped + bad) with no inference errors. Seeded (SEED) and bounded by time (PHAS
 from __future__ import annotations
 
 import array
+import os
 import random
 import re
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -329,17 +332,45 @@ def test_compressed_image_storm(color_bundle: Path) -> None:
         run_storm(node, p, p.compressed_pub, storm(good_compressed, bad_compressed, SEED + 1))
 
 
+#: Run in a child whose OpenCV refuses images over 4096 pixels (its own limit, read at load):
+#: prints the size OpenCV's decoder read from the header, or what it refused.
+_OPENCV_READS = """
+import sys, cv2, numpy as np
+data = np.frombuffer(sys.stdin.buffer.read(), np.uint8)
+try:
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    print("decoded", None if image is None else image.shape)
+except cv2.error as err:
+    print("refused", "validateInputImageSize" in str(err))
+"""
+
+
+def opencv_reads(data: bytes) -> str:
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "4096"}
+    command = [sys.executable, "-c", _OPENCV_READS]
+    done = subprocess.run(
+        command, input=data, capture_output=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode().strip()
+
+
 @pytest.mark.parametrize(("fmt", "side"), [("jpeg", 60_000), ("png", 60_000), ("jpeg", 20_000)])
 def test_header_bombs_are_well_formed_headers(fmt: str, side: int) -> None:
-    """The fuzz's bombs must be refused for their size, not for a broken header."""
-    import cv2
-
+    """The fuzz's bombs must be refused for their size, not for a broken header: OpenCV's own
+    decoder reads the bomb's header (and refuses it only at its pixel limit, after readHeader
+    succeeded), and the very same bytes declaring the true 16 x 16 decode to the red image."""
     from tl_perception.errors import ImageDecodeError
-    from tl_perception.images import compressed_to_rgb
+    from tl_perception.images import compressed_to_rgb, image_header
 
     data = bomb(fmt, side)
     if fmt == "png":
         assert zlib.crc32(data[12:29]) == struct.unpack(">I", data[29:33])[0]
+    assert image_header(data)[1:] == (side, side)
     with pytest.raises(ImageDecodeError, match=f"{side}x{side}"):
         compressed_to_rgb(data, fmt)
-    assert cv2.imdecode(np.frombuffer(data[:0] or b"\x00", np.uint8), cv2.IMREAD_COLOR) is None
+    assert opencv_reads(data) == "refused True"  # a well-formed header over OpenCV's limit
+    honest = bomb(fmt, 16)  # the bomb's bytes with the size the data really has
+    assert opencv_reads(honest) == "decoded (16, 16, 3)"
+    red = compressed_to_rgb(honest, fmt)
+    assert red.shape == (16, 16, 3) and int(red[..., 0].min()) > 150 > int(red[..., 2].max())
