@@ -7,7 +7,8 @@ on absolute deadlines (no drift) and writes how many went out to `--out` (JSON).
 `detections` with the image's stamp and N sign-sized boxes (a detector's output).
 `--cameras a,b,...` publishes on `a/image` (and `a/detections`), `b/image`, ... instead of
 `image`; all cameras on the same deadline (a hardware-triggered rig), or spread over the frame
-period with `--stagger`.
+period with `--stagger`. `--flood M` gives the first camera's detector M boxes per frame
+instead of `--rois` (a detector gone wrong beside well-behaved ones).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--subscribers", type=int, default=2, help="per image topic")
     parser.add_argument("--ready-timeout", type=float, default=90.0)
     parser.add_argument("--rois", type=int, default=0, help="boxes per frame on `detections`")
+    parser.add_argument("--flood", type=int, default=0, help="the first camera's boxes instead")
     parser.add_argument("--cameras", default="", help="comma-separated camera names")
     parser.add_argument("--stagger", action="store_true", help="spread cameras over a period")
     parser.add_argument("--output", default="classification", help="the node's output topic")
@@ -92,8 +94,11 @@ def main() -> int:
         image_fields(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "bgr8")
         for _ in range(4)
     ]
+    counts = [args.flood or args.rois, *[args.rois] * (len(names) - 1)]
     templates = (
-        [detection_array(Time(), n or "camera", args.rois) for n in names] if det_pubs else []
+        [detection_array(Time(), n or "camera", c) for n, c in zip(names, counts, strict=True)]
+        if det_pubs
+        else []
     )
     outputs = [f"{p}{args.output}" for p in prefixes]
     deadline = time.monotonic() + args.ready_timeout
