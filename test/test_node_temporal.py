@@ -365,7 +365,6 @@ def test_unknown_below_the_bundle_threshold_and_the_parameter_override(
         diagnostics_where(p, lambda d: d["unknown_threshold"] == "0.9 (bundle)")
 
 
-
 def test_unknown_is_judged_on_the_frame_s_own_score_not_the_smoothed_one(
     color_bundle: Path, classifier: Any
 ) -> None:
