@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,8 @@ from tl_perception.ros import qos as qos_rules
 from tl_perception.ros.budget import OVER_BUDGET
 from tl_perception.ros.diagnostics import CameraReport, PairingPeriod
 from tl_perception.ros.messages import classification_type, detections_type
-from tl_perception.ros.pairing import PairCounts, StampPairer
+from tl_perception.ros.pairing import Pair, PairCounts, StampPairer
+from tl_perception.ros.rois import frame_ids_differ
 from tl_perception.ros.stats import FrameStats, LatestFrames, RoiStats
 from tl_perception.stamps import stamp_to_ns
 
@@ -154,10 +156,20 @@ class AutoQosInput:
 
 
 class Camera:
-    """Per-camera inputs, outputs and counters; the worker reads frames from `frames[index]`."""
+    """Per-camera inputs, outputs and counters; the worker reads frames from `frames[index]`.
+
+    `must_match()` is the current `frame_id_must_match` (a run-time parameter): a pair whose
+    detections name another frame than its image is refused here, before it could replace a
+    good pair waiting for the worker.
+    """
 
     def __init__(
-        self, index: int, name: str, config: CameraConfig, frames: LatestFrames[Any]
+        self,
+        index: int,
+        name: str,
+        config: CameraConfig,
+        frames: LatestFrames[Any],
+        must_match: Callable[[], bool] = lambda: True,
     ) -> None:
         self.index = index
         self.name = name
@@ -170,6 +182,7 @@ class Camera:
             self.pairer = StampPairer(config.sync_tolerance_ns, config.sync_queue)
         self.detections_received = 0
         self._frames = frames
+        self._must_match = must_match
         self._image: AutoQosInput | None = None
         self._detections: AutoQosInput | None = None
         self.result_pub: Publisher | None = None
@@ -266,9 +279,7 @@ class Camera:
             self.stats.count_received(dropped_one=self._frames.put(self.index, msg))
             return
         self.stats.count_received(dropped_one=False)
-        pair = self.pairer.add_image(stamp_ns, msg)
-        if pair is not None and self._frames.put(self.index, pair):
-            self.stats.count_dropped()
+        self._offer_pair(self.pairer.add_image(stamp_ns, msg))
 
     def _log_jump(self, stamp_ns: int) -> None:
         """Stamps went back: say what restarts (at most every `JUMP_LOG_PERIOD_S`)."""
@@ -286,9 +297,38 @@ class Camera:
         assert self.pairer is not None
         with self._lock:
             self.detections_received += 1
-        pair = self.pairer.add_detections(stamp_to_ns(msg.header.stamp), msg)
-        if pair is not None and self._frames.put(self.index, pair):
+        self._offer_pair(self.pairer.add_detections(stamp_to_ns(msg.header.stamp), msg))
+
+    def _offer_pair(self, pair: Pair[Any, Any] | None) -> None:
+        """A pair formed: the camera's newest, unless refused for its frame_id."""
+        if pair is None or not self._same_frame(pair):
+            return
+        if self._frames.put(self.index, pair):
             self.stats.count_dropped()
+
+    def _same_frame(self, pair: Pair[Any, Any]) -> bool:
+        """False when the detections name another frame_id than the image (both set) and
+        `frame_id_must_match` refuses them; counted, and warned once per camera either way:
+        cameras triggered together share stamps, so a miswired detections topic pairs exactly
+        and its boxes would crop the wrong image."""
+        ours = str(pair.image.header.frame_id)
+        theirs = str(pair.detections.header.frame_id)
+        if not frame_ids_differ(ours, theirs) or self.rois is None:
+            return True
+        refuse = self._must_match()
+        self.rois.count_frame_id_mismatch(refused=refuse)
+        if self.logger is not None and self.warn_once("frame_id"):
+            verdict = (
+                "refused, not classified (frame_id_must_match; counted as frame_id_refused)"
+                if refuse
+                else "classified anyway (frame_id_must_match is false)"
+            )
+            self.logger.warning(
+                f"camera {self.name or '(default)'}: detections with frame_id {theirs!r} paired "
+                f"with an image of frame_id {ours!r} (is the detections topic remapped to the "
+                f"right camera?); {verdict}. Logged once; counted as frame_id_mismatches"
+            )
+        return not refuse
 
     # ------------------------------------------------------------ diagnostics (timer thread)
     def report(self, node: Node) -> CameraReport:

@@ -459,7 +459,8 @@ class ClassifierNode(LifecycleNode):
         names = self._camera_names or [""]
         frames: LatestFrames[Any] = LatestFrames(len(names))
         self._cameras = [
-            Camera(i, name, self._camera_config, frames) for i, name in enumerate(names)
+            Camera(i, name, self._camera_config, frames, self._frame_id_must_match)
+            for i, name in enumerate(names)
         ]
         context = PipelineContext(
             classifier=lambda: self._classifier,
@@ -470,6 +471,11 @@ class ClassifierNode(LifecycleNode):
         )
         self._pipeline = Pipeline(self._cameras, frames, context)
         self._worker = Worker(self._pipeline, lambda: self._max_rate_hz)
+
+    def _frame_id_must_match(self) -> bool:
+        """The run-time `frame_id_must_match` (the cameras' callbacks ask it per pair)."""
+        settings = self._settings
+        return settings.frame_id_must_match if settings is not None else True
 
     def _cycle_settings(self) -> Settings:
         """The settings a cycle uses; the worker runs only while configured."""

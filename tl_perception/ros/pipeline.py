@@ -4,12 +4,13 @@ one batched inference -> results -> publish, once per cycle, for every camera wi
 A cycle takes the newest frame (or image + detections pair) of every camera that has one from
 the shared `LatestFrames` board, decodes each image, lists its ROIs (`full_frame`: the frame
 itself; `fixed`: the `rois` parameter; `detections`: the paired Detection2DArray, the first
-`max_rois` of them, unless its frame_id is not the image's), plans their crops under the serving
-bundle's crop policy (`crop.plan_crops`: no pixel copied yet), shares the cycle's budget of
-`max_rois` crops and `max_roi_pixels` pixels fairly between the cameras (`budget.share_budget`),
-cuts what it accepted, classifies *all* crops of *all* cameras in one `Classifier.classify` call
-(its backends run a batch without re-allocating tensors), and publishes each camera's result
-with that camera's header. Bad frames and bad boxes are counted per camera and never raise.
+`max_rois` of them; `camera.Camera` refused pairs of another frame_id already), plans their
+crops under the serving bundle's crop policy (`crop.plan_crops`: no pixel copied yet), shares
+the cycle's budget of `max_rois` crops and `max_roi_pixels` pixels fairly between the cameras
+(`budget.share_budget`), cuts what it accepted, classifies *all* crops of *all* cameras in one
+`Classifier.classify` call (its backends run a batch without re-allocating tensors), and
+publishes each camera's result with that camera's header. Bad frames and bad boxes are counted
+per camera and never raise.
 
 Between inference and publishing, each frame's (ROI's) probabilities go through the label stage
 (`labels.LabelStage`: smoothing per camera, or per camera and track id, and the unknown rule) and
@@ -64,7 +65,7 @@ from tl_perception.ros.results import (
     RoiResult,
     label_hypotheses,
 )
-from tl_perception.ros.rois import Roi, detection_rois, frame_ids_differ, policy_for
+from tl_perception.ros.rois import Roi, detection_rois, policy_for
 from tl_perception.ros.stats import BatchStats, ExtraStatus, FrameRois, LatestFrames, Throttle
 from tl_perception.smoothing import (
     DEFAULT_ALPHA,
@@ -89,7 +90,7 @@ class Settings:
     score_threshold: float = 0.0
     max_rois: int = 32  # crops per cycle, shared by the cameras (budget.share_budget)
     max_roi_pixels: int = DEFAULT_MAX_ROI_PIXELS  # crop pixels per cycle, shared likewise
-    frame_id_must_match: bool = True  # refuse detections whose frame_id is not the image's
+    frame_id_must_match: bool = True  # refuse detections whose frame_id is not the image's (Camera)
     publish_background: bool = False
     background_label: str = "background"
     publish_overlay: bool = False
@@ -266,8 +267,6 @@ class Pipeline:
         if settings.roi_source == "full_frame":
             job.crops = [rgb]
             return job
-        if detections is not None and not self._same_frame(camera, image, detections, settings):
-            return None
         if detections is None:
             job.total, considered = len(settings.fixed_rois), list(settings.fixed_rois)
         else:
@@ -281,30 +280,6 @@ class Pipeline:
             return None
         job.plan = plan_crops((rgb.shape[0], rgb.shape[1]), [r.box for r in job.considered], policy)
         return job
-
-    def _same_frame(self, camera: Camera, image: Any, detections: Any, settings: Settings) -> bool:
-        """False when the detections name another frame_id than the image (both set) and
-        `frame_id_must_match` refuses them; counted, and warned once per camera either way:
-        cameras triggered together share stamps, so a miswired detections topic pairs exactly
-        and its boxes would crop the wrong image."""
-        ours, theirs = str(image.header.frame_id), str(detections.header.frame_id)
-        if not frame_ids_differ(ours, theirs) or camera.rois is None:
-            return True
-        refuse = settings.frame_id_must_match
-        camera.rois.count_frame_id_mismatch(refused=refuse)
-        if camera.warn_once("frame_id"):
-            self.context.logger.warning(
-                f"camera {camera.name or '(default)'}: detections with frame_id {theirs!r} paired "
-                f"with an image of frame_id {ours!r} (is the detections topic remapped to the "
-                "right camera?); "
-                + (
-                    "refused, not classified (frame_id_must_match; counted as frame_id_refused)"
-                    if refuse
-                    else "classified anyway (frame_id_must_match is false)"
-                )
-                + ". Logged once; counted as frame_id_mismatches"
-            )
-        return not refuse
 
     def _cut(self, jobs: list[_Job], settings: Settings, policy: CropPolicy) -> None:
         """Share the cycle's budget between the cameras, then cut what each one got."""
