@@ -249,6 +249,36 @@ def test_a_writer_still_busy_at_close_never_keeps_the_directory(tmp_path: Path) 
     assert not temp_files(tmp_path / "cap")
 
 
+def test_the_node_capture_opens_again_after_a_writer_that_outlived_its_close(
+    tmp_path: Path, color_bundle: Path
+) -> None:
+    """The node's capture (ros/hard_frames.py, ROS-free): a deactivate whose writer is still
+    busy, then an activate in the same process, which must capture again, not fail "in use by
+    another capture (pid <its own>)"."""
+    import logging
+
+    from tl_perception.bundle import read_bundle
+    from tl_perception.ros.hard_frames import CaptureParams, HardFrames
+
+    bundle = read_bundle(color_bundle)
+    params = CaptureParams(str(tmp_path / "cap"), 0.99, 1000, 1000)
+    frames = HardFrames(params, False, logging.getLogger("capture"), close_timeout_s=0.0)
+    frames.open(lambda: bundle)
+    big = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    assert frames.offer(item(0, rgb=big, score=0.1), bundle)
+    deadline = time.monotonic() + 10
+    while frames.report().values["capture_pending"] != "0" and time.monotonic() < deadline:
+        time.sleep(0.001)  # the writer took it and is encoding it
+    assert all(frames.offer(item(i, t_s=i, score=0.1), bundle) for i in range(1, 5))
+    frames.close()  # the deactivate: its writer is far from done
+    frames.open(lambda: bundle)  # the next activate waits for it, then opens the directory
+    values = frames.report().values
+    assert values["capture"] == str(tmp_path / "cap"), values["capture"]
+    frames.close()
+    values = frames.report().values
+    assert int(values["capture_written"]) + int(values["capture_abandoned"]) == 5
+
+
 def test_crops_of_one_track_are_sequences_bounded_in_time(tmp_path: Path) -> None:
     """A fixed ROI (`roi0`) lives as long as the node: its crops must not all be one sequence
     (one split of a merge). A track is a run of crops no more than 5 s apart, also after a

@@ -78,9 +78,16 @@ class CaptureParams:
 class HardFrames:
     """The node's capture: `open` / `reopen` / `close` from the node, `offer` from the worker."""
 
-    def __init__(self, params: CaptureParams, roi_mode: bool, logger: Any) -> None:
+    def __init__(
+        self,
+        params: CaptureParams,
+        roi_mode: bool,
+        logger: Any,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
         """Raises CaptureError for bad settings (so a bad parameter stops start-up)."""
         self._config = params.to_config()
+        self._close_timeout_s = close_timeout_s
         self._roi_mode = roi_mode
         self._logs = logger
         self._lock = threading.Lock()  # the counters and the swap (worker, timer threads)
@@ -169,7 +176,7 @@ class HardFrames:
         if active is None:
             return
         capture = active[0]
-        if capture.close(timeout=CLOSE_TIMEOUT_S):
+        if capture.close(timeout=self._close_timeout_s):
             with self._lock:
                 self._add_counts(capture)
             return
@@ -177,7 +184,7 @@ class HardFrames:
             self._finishing.append(capture)  # its counts still change: summed once it ends
         self._logs.warning(
             f"hard-frame capture: the writer of {str(capture.directory)!r} did not finish "
-            f"within {CLOSE_TIMEOUT_S:g} s; the {capture.counts()['pending']} image(s) still "
+            f"within {self._close_timeout_s:g} s; the {capture.counts()['pending']} image(s) still "
             "queued are dropped (counted as capture_abandoned)"
         )
 
