@@ -312,6 +312,51 @@ def test_a_file_truncated_by_a_power_cut_is_a_one_line_capture_error(
     assert path.read_bytes() == truncated  # nothing is "repaired" behind the user's back
 
 
+def test_a_directory_it_may_not_list_is_a_one_line_capture_error(tmp_path: Path) -> None:
+    """Write and search but no read permission: the lock can be taken, the listing that checks
+    the directory is empty fails. That PermissionError must be a CaptureError naming it, not an
+    OSError escaping (the node turns CaptureErrors into "capture off"). Run in a child without
+    DAC override, as root would read the directory anyway."""
+    import os
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    directory = tmp_path / "cap"
+    directory.mkdir()
+    directory.chmod(0o300)
+    code = (
+        "from pathlib import Path\n"
+        "from tl_perception.capture import CaptureConfig, CaptureContext, CaptureError, "
+        "HardFrameCapture\n"
+        "try:\n"
+        f"    HardFrameCapture(CaptureConfig(Path({str(directory)!r}), 0.5), "
+        "CaptureContext('/b', 'ab' * 32, ('red',)))\n"
+        "except CaptureError as err:\n"
+        "    print('CaptureError:', err)\n"
+    )
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        directory.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-1500:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CaptureError: cannot use capture directory")
+    assert "Permission denied" in lines[0]
+    assert not (directory / LOCK_FILE).exists()  # released again
+
+
 @pytest.mark.skipif(
     shutil.which("strace") is None, reason="strace is not installed (it shows the fsyncs)"
 )
