@@ -3,16 +3,16 @@
 `--distribute mirrored` copies the model onto every local device and splits each batch among
 them (`tf.distribute.MirroredStrategy` under Keras 3): `batch_size` stays the *global* batch, so
 one step sees the same images as on one device and each of R replicas computes B/R of them.
-`multiworker` is refused here: Keras 3.15's `fit` under `MultiWorkerMirroredStrategy` fails before
-its first step (measured, docs/scaling.md, `bench/bench_multiworker.py`).
+Several hosts (`multiworker`, `engine` "ray") are refused: Keras 3.15's `fit` fails under
+`MultiWorkerMirroredStrategy` before its first step (docs/scaling.md has the measured errors,
+`bench/bench_multiworker.py` reproduces them).
 
-One rule keeps every replica fed: no batch holds fewer images than there are replicas. A batch is
-split among the replicas, so a last batch shorter than the replica count hands some replica an
-empty batch, and TF 2.21's oneDNN CPU convolution returns a wrongly shaped tensor for an empty
-batch (conv2d of a (0, 8, 8, 3) input with 4 filters gives (0, 8, 8, 3)), which kills the step.
-`batch_sizes` moves images from the second-last batch into such a last batch instead; the number
-of batches stays ceil(count / batch_size), so the cosine schedule's length is unchanged, and on one
-device nothing changes at all.
+Under R > 1 replicas two rules must hold for every batch `fit` and `evaluate` see, both measured
+with Keras 3.15 / TF 2.21 (docs/scaling.md): the first batch splits evenly over the replicas
+(Keras builds the model from the replicas' mean of it), and no batch is shorter than R (a
+replica with an empty batch meets TF's oneDNN CPU convolution, which returns its input's shape
+for an empty batch). `batch_sizes` cuts every split so; `predict` pads a short last batch
+instead. On one device every batch is what it always was.
 """
 
 from __future__ import annotations
