@@ -36,3 +36,26 @@ def make_noise_dataset(root: Path, per_class: int = 12, classes: int = 3, size: 
             rgb = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
             write_png(root / f"class_{c}" / f"{i:03d}.png", rgb)
     return root
+
+
+def make_confusable_split(
+    root: Path,
+    train: Sequence[int],
+    val: Sequence[int],
+    classes: Sequence[str] = ("red", "green", "blue"),
+) -> Path:
+    """`root/{train,val}/<colour>/<i>.png` with these counts per class; every third image is noise.
+
+    The noise images keep accuracy off 1.0 (so two trainings can be compared) and give the
+    val split mistakes to calibrate on; the exact counts set how the batches fall.
+    """
+    rng = np.random.default_rng(7)
+    for split, counts in (("train", train), ("val", val)):
+        for name, count in zip(classes, counts, strict=True):
+            for i in range(count):
+                seed = i if split == "train" else 1000 + i
+                rgb = color_image(name, (32, 32), seed=seed)
+                if i % 3 == 0:
+                    rgb = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                write_png(root / split / name / f"{i:03d}.png", rgb)
+    return root

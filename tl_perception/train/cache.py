@@ -21,6 +21,7 @@ import numpy as np
 
 from tl_perception.fsutil import atomic_write_bytes, atomic_write_json
 from tl_perception.train.augment import AUGMENT_SPECS, augment_rgb, view_seed
+from tl_perception.train.distribute import predict
 
 
 @dataclass
@@ -141,7 +142,7 @@ class CachedExtractor:
                     for img, i in zip(batch, rows, strict=True)
                 ]
             )
-        outputs = self.extractor.predict(batch, batch_size=self.batch_size, verbose=0)
+        outputs = predict(self.extractor, batch, self.batch_size)
         names = list(self.caches)
         if not isinstance(outputs, dict):
             outputs = {names[0]: outputs}

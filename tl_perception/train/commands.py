@@ -14,6 +14,7 @@ from tl_perception.train.config import (
     BATCHNORMS,
     CLASS_WEIGHTS,
     DISTRIBUTES,
+    ENGINES,
     FIELDS,
     STRATEGY_CHOICES,
 )
@@ -53,7 +54,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", default=None, help="continue a run")
-    p.add_argument("--distribute", choices=DISTRIBUTES)
+    p.add_argument(
+        "--distribute",
+        choices=DISTRIBUTES,
+        help="mirrored: all local GPUs, --batch-size is the global batch (docs/scaling.md)",
+    )
+    p.add_argument("--engine", choices=ENGINES, help="ray: several hosts (refused, see docs)")
+    p.add_argument("--workers", type=int, metavar="N", help="hosts to train on (--engine ray)")
     p.add_argument("--cache-augmentations", type=int, metavar="K", help="default: 2")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default XDG cache)")
     p.add_argument("--size-threshold", type=int, help="auto: images/class for 'large'")

@@ -15,12 +15,14 @@ from typing import Any
 
 from tl_perception.errors import TrainingError
 from tl_perception.fsutil import user_cache_dir
+from tl_perception.train.distribute import refuse_unsupported_distribution
 
 # The allowed values of the choice options: the CLI's `choices` come from here too.
 STRATEGIES: tuple[str, ...] = ("feature_extraction", "truncate", "fine_tune", "from_scratch")
 STRATEGY_CHOICES: tuple[str, ...] = ("auto", *STRATEGIES)
 AUGMENTS: tuple[str, ...] = ("default", "none", "strong")
 DISTRIBUTES: tuple[str, ...] = ("none", "mirrored", "multiworker")
+ENGINES: tuple[str, ...] = ("local", "ray")
 CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "none")
 BATCHNORMS: tuple[str, ...] = ("adapt", "frozen")
 
@@ -48,7 +50,9 @@ class FinetuneConfig:
     group_regex: str | None = None
     seed: int = 0
     resume: bool = False
-    distribute: str = "none"
+    distribute: str = "none"  # "mirrored": every local GPU, batch_size is the global batch
+    engine: str = "local"  # "ray" (several hosts) is refused: docs/scaling.md says why
+    workers: int = 1  # hosts to train on; more than 1 needs engine "ray"
     cache_augmentations: int = 2  # augmented views per image in the feature cache
     cache_dir: str | None = None
     patience: int = 6  # early stopping, epochs without val accuracy gain
@@ -70,6 +74,8 @@ class FinetuneConfig:
         _choice("strategy", self.strategy, STRATEGY_CHOICES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("distribute", self.distribute, DISTRIBUTES)
+        _choice("engine", self.engine, ENGINES)
+        refuse_unsupported_distribution(self.distribute, self.engine, self.workers)
         _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
         _choice("batchnorm", self.batchnorm, BATCHNORMS)
         if not 0.0 <= self.val_fraction < 1.0:

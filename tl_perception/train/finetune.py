@@ -29,6 +29,7 @@ from tl_perception.fsutil import atomic_write_json, atomic_write_text
 from tl_perception.train import auto, calibration
 from tl_perception.train.config import FinetuneConfig
 from tl_perception.train.data import TrainingData, load_training_data
+from tl_perception.train.distribute import distribution_strategy
 from tl_perception.train.evaluate import evaluate_samples
 from tl_perception.train.export import export_tflite
 from tl_perception.train.phases import train_phases
@@ -103,7 +104,7 @@ def finetune(
     )
     tensorboard_dir = Path(tempfile.mkdtemp(prefix="tl_perception_tb_"))
     recorder = Recorder(checkpoints, tensorboard_dir, log, verbose)
-    with _distribution(cfg.distribute, log).scope():
+    with distribution_strategy(cfg.distribute, cfg.batch_size, log).scope():
         decision, base = _decision(run, checkpoints)
         network = build_network(
             backbone, len(run.data.class_names), decision["strategy"], base=base
@@ -216,19 +217,6 @@ def _decision(run: TrainingRun, checkpoints: Checkpoints) -> tuple[dict[str, Any
     checkpoints.state["decision"] = decision
     checkpoints.save_state()
     return decision, base
-
-
-def _distribution(name: str, log: Log) -> Any:
-    import tensorflow as tf
-
-    if name == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
-        log(f"distribute: MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)")
-        return strategy
-    if name == "multiworker":
-        log("distribute: MultiWorkerMirroredStrategy (workers from TF_CONFIG)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def _auto_decision(run: TrainingRun, base: Any) -> dict[str, Any]:

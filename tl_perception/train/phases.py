@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_perception.train.distribute import batch_count
 from tl_perception.train.run import TrainingRun
 from tl_perception.train.strategies import Network, set_phase, trainable_counts
 from tl_perception.train.trainer import (
@@ -96,7 +97,7 @@ def _head_plan(
         epochs=epochs,
         learning_rate=rate,
         schedule="plateau",
-        steps_per_epoch=int(np.ceil(len(y_train) / cfg.batch_size)),
+        steps_per_epoch=batch_count(len(y_train), cfg.batch_size),
         class_weight=class_weight,
         patience=cfg.patience,
     )
@@ -125,7 +126,7 @@ def _end_to_end_plan(
         epochs=epochs,
         learning_rate=cfg.learning_rate or DEFAULT_RATES[kind],
         schedule="cosine",
-        steps_per_epoch=int(np.ceil(len(data.train) / cfg.batch_size)),
+        steps_per_epoch=batch_count(len(data.train), cfg.batch_size),
         class_weight=class_weight,
         patience=max(cfg.patience, epochs),  # cosine to zero: the last epochs are the best
     )

@@ -31,6 +31,7 @@ from tl_perception.backbones import (
     weights_fingerprint,
 )
 from tl_perception.errors import TrainingError
+from tl_perception.train.distribute import predict
 
 PHASES: dict[str, tuple[str, ...]] = {
     "feature_extraction": ("head",),
@@ -108,7 +109,7 @@ def head_logits(network: Network, images: np.ndarray, batch_size: int) -> np.nda
     softmax Dense sees at inference (dropout is the identity then), with no probabilities
     rounded to 0 on the way, as log(softmax) would be for very confident images.
     """
-    pooled = network.extractor.predict(images, batch_size=batch_size, verbose=0)["features"]
+    pooled = predict(network.extractor, images, batch_size)["features"]
     kernel, bias = network.predictions.get_weights()
     logits: np.ndarray = np.asarray(pooled, np.float64) @ kernel.astype(np.float64) + bias
     return logits

@@ -18,6 +18,7 @@ import numpy as np
 
 from tl_perception.fsutil import atomic_write_json
 from tl_perception.train.augment import AUGMENT_SPECS, augment_rgb
+from tl_perception.train.distribute import batch_dataset
 
 Log = Callable[[str], None]
 STATE_FILE = "state.json"
@@ -139,7 +140,7 @@ def image_pipeline(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return batch_dataset(ds, len(labels), batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def feature_pipeline(
@@ -150,7 +151,7 @@ def feature_pipeline(
     ds = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), labels))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return batch_dataset(ds, len(labels), batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclass
