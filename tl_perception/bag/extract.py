@@ -24,7 +24,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,10 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
     started = time.monotonic()
     check_options(options)
     _check_paths(options)
+    # Units run in other processes (other machines, other working directories): absolute paths.
+    options = replace(
+        options, out=options.out.absolute(), bags=tuple(map(Path.absolute, options.bags))
+    )
     existing = read_existing(options.out)
     with open_engine(options.engine_spec()) as engine:
         report = _Run(options, existing, engine, progress).run()
@@ -258,6 +262,8 @@ class _Run:
         for rows_file in stale:
             rows_file.unlink()
             rows_file.with_name(f"{rows_file.stem}.done.json").unlink(missing_ok=True)
+            # Its windows' temp files may have been moved (and just removed): decode again.
+            shutil.rmtree(self.work.stage(rows_file.stem), ignore_errors=True)
 
     def _write_all(
         self, plans: list[PlanResult], assignments: dict[str, Assignment]

@@ -65,6 +65,8 @@ class RayEngine:
         self._started = False
         self._max_retries = spec.max_retries
         address = spec.address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            check_reachable(address)  # also when this process is connected already
         if not ray.is_initialized():
             self._connect(address)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -84,7 +86,6 @@ class RayEngine:
                 )
                 self._started = True
             else:
-                check_reachable(address)
                 ray.init(address=address, **quiet)
         except EngineError:
             raise
