@@ -50,6 +50,14 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
+def reference_tree(fleet: list[Path], out: Path) -> dict[str, str]:
+    """The tree `--workers 1` writes in this process: what every other run must equal."""
+    from tl_perception.cli import main
+
+    assert main([*extract_argv(fleet, out), "--workers", "1"]) == 0
+    return tree_digest(out)
+
+
 def extract_argv(bags: list[Path], out: Path, *extra: str) -> list[str]:
     """The CLI command every fleet test runs (labels from /label, split, dedup)."""
     return [

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,10 +39,6 @@ def die_once(marker_dir: str, item: int) -> int:
 
 def worker_pid(_shared: None, _item: int) -> int:
     return os.getpid()
-
-
-def identity(_shared: None, item: int) -> int:
-    return item
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -78,10 +75,18 @@ def test_a_unit_whose_process_dies_runs_again_and_one_that_always_dies_fails(tmp
         assert len(pids) <= 2
 
 
-def test_units_in_flight_are_bounded_by_the_workers():
+def spans(directory: str, item: int) -> int:
+    """A unit that records when it ran (CLOCK_MONOTONIC is one clock for all processes)."""
+    started = time.monotonic()
+    time.sleep(0.01)
+    Path(directory, f"{item}.span").write_text(f"{started} {time.monotonic()}")
+    return item
+
+
+def test_units_in_flight_are_bounded_by_the_workers(tmp_path):
     pulled = []
     consumed = 0
-    high = 0
+    held = 0
 
     def items() -> Iterator[int]:
         for i in range(30):
@@ -89,10 +94,18 @@ def test_units_in_flight_are_bounded_by_the_workers():
             yield i
 
     with open_engine(EngineSpec("local", 2)) as engine:
-        for _outcome in engine.map_unordered(Job(identity, None), items()):
+        for _outcome in engine.map_unordered(Job(spans, str(tmp_path)), items()):
             consumed += 1
-            high = max(high, len(pulled) - consumed)
-    assert consumed == 30 and high <= 2
+            held = max(held, len(pulled) - consumed)
+    assert consumed == 30
+    assert held <= 4  # in flight, plus finished ones not yet handed to the caller
+    events = sorted(
+        (float(t), step)
+        for span in tmp_path.glob("*.span")
+        for t, step in zip(span.read_text().split(), (1, -1), strict=True)
+    )
+    running = [sum(step for _t, step in events[: i + 1]) for i in range(len(events))]
+    assert max(running) == 2  # both workers were used, never more at once
 
 
 def test_a_pool_that_is_closed_leaves_no_worker_behind():

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleetutil import extract_argv, make_fleet, tree_digest
+from fleetutil import extract_argv, make_fleet, reference_tree, tree_digest
+from rayutil import assert_no_daemons_left, local_ray_session, ray_units
 
 from tl_perception.bag.workdir import WORK_DIR
 from tl_perception.cli import main
@@ -21,18 +22,11 @@ from tl_perception.dataset import SUMMARY_FILE
 
 ray = pytest.importorskip("ray")
 
-QUIET = {"include_dashboard": False, "log_to_driver": False, "object_store_memory": 80 << 20}
-
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[set[int]]:
-    """One local Ray with 2 CPUs for every Ray test of the session, shut down at its end;
-    yields the Ray daemons that ran before it (other users'), which are not ours to judge."""
-    before = _ray_daemons()
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, **QUIET)
-    yield before
-    ray.shutdown()
+    """One local Ray of 2 CPUs for the session's Ray tests (see rayutil)."""
+    yield from local_ray_session()
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +36,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference(fleet: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    out = tmp_path_factory.mktemp("reference") / "out"
-    assert main([*extract_argv(fleet, out), "--workers", "1"]) == 0
-    return tree_digest(out)
+    return reference_tree(fleet, tmp_path_factory.mktemp("reference") / "out")
 
 
 def test_ray_at_any_worker_count_and_order_writes_the_local_tree(
@@ -73,22 +65,6 @@ def test_a_corrupt_bag_on_ray_gives_the_local_report(ray_local, fleet, tmp_path,
     assert any(line.startswith(f"failed: {broken}: ") for line in report)
 
 
-def _ray_units(raylet: int | None = None) -> list[int]:
-    """Pids of Ray workers running a unit right now (Ray titles them after the task); with
-    `raylet`, only those of that node (its raylet starts them)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            running = cmdline.read_bytes().startswith(b"ray::_ray_unit")
-            stat = (cmdline.parent / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if running and (raylet is None or parent == raylet):
-            found.append(int(cmdline.parent.name))
-    return found
-
-
 def _run_in_thread(argv: list[str]) -> tuple[threading.Thread, list[int]]:
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(main(argv)))
@@ -107,8 +83,8 @@ def test_a_ray_worker_killed_mid_task_is_retried(ray_local, fleet, reference, tm
     out = tmp_path / "out"
     thread, codes = _run_in_thread([*extract_argv(fleet, out), "--engine", "ray", "--workers", "2"])
     rows = out / WORK_DIR / "rows"
-    _wait_for(lambda: bool(list(rows.glob("*.done.json"))) and bool(_ray_units()), thread)
-    os.kill(_ray_units()[0], signal.SIGKILL)
+    _wait_for(lambda: bool(list(rows.glob("*.done.json"))) and bool(ray_units()), thread)
+    os.kill(ray_units()[0], signal.SIGKILL)
     thread.join(120)
     assert codes == [0]
     assert tree_digest(out) == reference
@@ -134,7 +110,7 @@ def test_a_node_that_dies_mid_run_costs_nothing(ray_local, fleet, reference, tmp
         raylet = doomed.all_processes["raylet"][0].process.pid
         thread, codes = _run_in_thread(argv)
         rows = out / WORK_DIR / "rows"
-        _wait_for(lambda: bool(list(rows.glob("*.done.json")) and _ray_units(raylet)), thread)
+        _wait_for(lambda: bool(list(rows.glob("*.done.json")) and ray_units(raylet)), thread)
         cluster.remove_node(doomed, allow_graceful=False)  # while it runs a unit
         thread.join(180)
         assert codes == [0]
@@ -144,28 +120,8 @@ def test_a_node_that_dies_mid_run_costs_nothing(ray_local, fleet, reference, tmp
     finally:
         ray.shutdown()
         cluster.shutdown()
-    _assert_no_daemons_left(ray_local)
+    assert_no_daemons_left(ray_local)
 
 
 def _node_quiet() -> dict[str, object]:
     return {"include_dashboard": False, "object_store_memory": 80 << 20}
-
-
-def _ray_daemons() -> set[int]:
-    """Pids of raylet and gcs_server processes on this machine."""
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            program = cmdline.read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if program.endswith((b"/raylet", b"/gcs_server")):
-            found.add(int(cmdline.parent.name))
-    return found
-
-
-def _assert_no_daemons_left(before: set[int], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (left := _ray_daemons() - before) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left, f"Ray daemons left running: {sorted(left)}"

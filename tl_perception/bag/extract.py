@@ -21,9 +21,11 @@ by the same command. Nothing in the dataset changes before step 3; a failure whi
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,10 +71,35 @@ from tl_perception.dataset import (
     write_sorted_manifest,
     write_summary,
 )
-from tl_perception.engine import Engine, Job, open_engine
+from tl_perception.engine import Engine, Job, Outcome, open_engine
 from tl_perception.errors import BagError, DatasetError, TlPerceptionError
 
-__all__ = ["UNIT_BYTES", "ExtractOptions", "ExtractReport", "extract"]
+__all__ = ["UNIT_BYTES", "ExtractOptions", "ExtractReport", "RunTimings", "extract"]
+
+
+@dataclass
+class RunTimings:
+    """Where a run's time went (never written to the dataset: it would differ run to run).
+
+    `units`: per wave ("plan", "write", "finish"), each unit's wall and CPU seconds in its
+    worker; `steps`: the driver's wall seconds per step ("plan", "reduce", "write", "commit");
+    `driver_cpu`: the driver process's CPU seconds.
+    """
+
+    units: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)
+    driver_cpu: float = 0.0
+
+    def unit(self, wave: str, outcome: Outcome[Any, Any]) -> None:
+        self.units.setdefault(wave, []).append((outcome.seconds, outcome.cpu_seconds))
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - started
 
 
 @dataclass
@@ -88,6 +115,7 @@ class ExtractReport:
     boxes_skipped: Counter[str] = field(default_factory=Counter)
     messages: Counter[str] = field(default_factory=Counter)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    timings: RunTimings = field(default_factory=RunTimings)
 
     @property
     def written(self) -> int:
@@ -117,7 +145,7 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
             (then this run's images are removed again), or no image kept at all.
         EngineError: the engine cannot start (Ray missing, a cluster that does not answer).
     """
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     check_options(options)
     _check_paths(options)
     # Units run in other processes (other machines, other working directories): absolute paths.
@@ -128,6 +156,7 @@ def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
     with open_engine(options.engine_spec()) as engine:
         report = _Run(options, existing, engine, progress).run()
     report.seconds = time.monotonic() - started
+    report.timings.driver_cpu = time.process_time() - cpu
     return report
 
 
@@ -156,6 +185,7 @@ class _Run:
         self.shared = Shared(options, self.work)
         self.content = options.content_hash()
         self.report = ExtractReport(options.out)
+        self.timings = self.report.timings
         self._failed_keys: set[str] = set()  # bags a window of which failed
 
     def run(self) -> ExtractReport:
@@ -167,7 +197,8 @@ class _Run:
         self.work.make()
         with self.work.locked():
             try:
-                plans = self._plan_all()
+                with self.timings.step("plan"):
+                    plans = self._plan_all()
                 self._check(plans)
             except TlPerceptionError:
                 _undo_setup(self.work, created, had_work)
@@ -183,16 +214,19 @@ class _Run:
         if self.existing.summary is None:
             begin_summary(out)
         try:
-            reduction = reduce_plans(self.options, plans, self.existing)
-            keys = {p.source.name: p.key for p in plans}
-            old = write_old_paths(self.existing, self.work, keys)
-            assignments = {
-                p.key: assignment_of(reduction, p, old.get(p.key), self.content) for p in plans
-            }
-            _remove_stale_temps(out)
-            self._remove_leftovers(assignments)
-            results = self._write_all(plans, assignments)
-            self._commit(plans, results)
+            with self.timings.step("reduce"):
+                reduction = reduce_plans(self.options, plans, self.existing)
+                keys = {p.source.name: p.key for p in plans}
+                old = write_old_paths(self.existing, self.work, keys)
+                assignments = {
+                    p.key: assignment_of(reduction, p, old.get(p.key), self.content) for p in plans
+                }
+                _remove_stale_temps(out)
+                self._remove_leftovers(assignments)
+            with self.timings.step("write"):
+                results = self._write_all(plans, assignments)
+            with self.timings.step("commit"):
+                self._commit(plans, results)
         except (TlPerceptionError, OSError) as err:
             self._roll_back(created, dirs_before)
             if isinstance(err, OSError):
@@ -218,6 +252,7 @@ class _Run:
         job = Job(plan_unit, self.shared, failures=(BagError,))
         try:
             for outcome in self.engine.map_unordered(job, tasks):
+                self.timings.unit("plan", outcome)
                 if outcome.value is not None:
                     plans[outcome.item.key] = outcome.value
                     bar.update()
@@ -310,6 +345,7 @@ class _Run:
     ) -> None:
         job = Job(window_unit, self.shared, failures=(BagError,), init=init_worker)
         for outcome in self.engine.map_unordered(job, tasks):
+            self.timings.unit("write", outcome)
             plan = outcome.item.plan
             done = outcome.value
             if done is None:
@@ -329,6 +365,7 @@ class _Run:
         bar.update(units=len(finishes) - len(tasks))
         job = Job(finish_unit, self.shared, failures=(BagError,))
         for outcome in self.engine.map_unordered(job, tasks):
+            self.timings.unit("finish", outcome)
             if outcome.value is None:
                 self._failed(outcome.item.plan.path, outcome.failure)
                 bar.update(failed=1)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_perception import __version__
 from tl_perception.bag.frames import Crop
 from tl_perception.bag.plan import FrameFilter, LabelSpec
 from tl_perception.bag.roiplan import MAX_NEGATIVES, RoiOptions
@@ -23,7 +24,7 @@ from tl_perception.errors import DatasetError
 #: Bags whose image topic holds more bytes than this are cut into time windows of about this
 #: size, one unit each (docs/scaling.md, "Units": measured so a window's fixed cost, opening
 #: the bag and seeking to the window, stays under 1 % of its work).
-UNIT_BYTES = 1 << 30
+UNIT_BYTES = 256 << 20
 #: Bumped when the work directory's files change meaning: markers of another version are ignored.
 WORK_FORMAT = 1
 
@@ -79,11 +80,15 @@ class ExtractOptions:
 
     def content_hash(self) -> str:
         """A hash of everything that decides the output of a unit (the CSV of boxes by its
-        content hash, through `record`): resume markers made with other options do not match."""
-        text = json.dumps(
-            {"format": WORK_FORMAT, "record": self.record(), "policy": self.policy_record()},
-            sort_keys=True,
-        )
+        content hash, through `record`; this tl_perception's version): resume markers made with
+        other options, or by another version, do not match."""
+        parts = {
+            "format": WORK_FORMAT,
+            "version": __version__,  # a newer tl_perception redoes what an older one left
+            "record": self.record(),
+            "policy": self.policy_record(),
+        }
+        text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def engine_spec(self) -> EngineSpec:

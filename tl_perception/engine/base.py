@@ -18,6 +18,7 @@ Three ways a unit can end, and what the engine does with each:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -75,11 +76,14 @@ class Job(Generic[S, T, R]):
 
 @dataclass(frozen=True)
 class Outcome(Generic[T, R]):
-    """How one unit ended: `value` when it returned, else `failure` (one line)."""
+    """How one unit ended: `value` when it returned, else `failure` (one line); its last run's
+    wall and CPU seconds in the worker (0 when its worker died: nothing came back)."""
 
     item: T
     value: R | None = None
     failure: str | None = None
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -102,28 +106,33 @@ class Engine(Protocol):
         ...
 
 
-#: What a unit run sends back: ("ok", value), ("failed", one-line reason) or ("error", exception).
-Tagged = tuple[str, Any]
+#: What a unit run sends back: ("ok", value), ("failed", one-line reason) or ("error",
+#: exception), then its wall and CPU seconds.
+Tagged = tuple[str, Any, float, float]
 
 
 def call_unit(job: Job[Any, Any, Any], item: Any) -> Tagged:
     """Run one unit and say how it ended, as plain data every engine can carry back."""
+    started, cpu = time.perf_counter(), time.process_time()
+    kind: str
+    payload: Any
     try:
-        return ("ok", job.fn(job.shared, item))
+        kind, payload = "ok", job.fn(job.shared, item)
     except job.failures as err:
-        return ("failed", one_line(err))
+        kind, payload = "failed", one_line(err)
     except Exception as err:  # re-raised in the caller: a bug or a fatal condition
-        return ("error", err)
+        kind, payload = "error", err
+    return (kind, payload, time.perf_counter() - started, time.process_time() - cpu)
 
 
 def outcome_of(item: T, tagged: Tagged) -> Outcome[T, Any]:
     """The caller's side of `call_unit`; an "error" is re-raised here."""
-    kind, payload = tagged
+    kind, payload, seconds, cpu = tagged
     if kind == "error":
         raise payload
     if kind == "failed":
-        return Outcome(item, failure=str(payload))
-    return Outcome(item, value=payload)
+        return Outcome(item, failure=str(payload), seconds=seconds, cpu_seconds=cpu)
+    return Outcome(item, value=payload, seconds=seconds, cpu_seconds=cpu)
 
 
 def died(what: str, attempts: int, detail: str) -> str:

@@ -119,13 +119,21 @@ class RayEngine:
                 if not in_flight:
                     finished = True
                     return
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
+                for ref in self._ready(list(in_flight)):
                     yield self._outcome(ref, in_flight.pop(ref))
         finally:
             if not finished:  # Ctrl-C or a fatal error: stop what still runs
                 for ref in in_flight:
                     ray.cancel(ref, force=True)
+
+    def _ready(self, refs: list[Any]) -> list[Any]:
+        """At least one finished task, and every other one finished by then: one pass over a
+        large window per batch of completions, not per completion."""
+        ready, waiting = self._ray.wait(refs, num_returns=1)
+        if waiting:
+            more, _ = self._ray.wait(waiting, num_returns=len(waiting), timeout=0)
+            ready += more
+        return list(ready)
 
     def _outcome(self, ref: Any, item: T) -> Outcome[T, Any]:
         exceptions = self._ray.exceptions
