@@ -306,3 +306,20 @@ def test_progress_says_units_frames_rate_failures_and_eta():
     assert line.startswith("write [")
     assert "5/10 units" in line and "500 frames" in line and "1 failed" in line
     assert "30.0 frames/s" in line and "ETA 0:00:17" in line
+
+
+def test_a_hand_shuffled_manifest_is_sorted_and_appended_to_the_same(fleet, tmp_path):
+    """The driver streams the old manifest; one not sorted by path (edited by hand) is sorted
+    through spill files first, with the same result."""
+    first, later = fleet[:4], fleet[4:]
+    trees = []
+    for name, shuffle in (("sorted", False), ("shuffled", True)):
+        out = tmp_path / name
+        assert main([*extract_argv(first, out), "--workers", "1"]) == 0
+        if shuffle:
+            header, *lines = (out / "manifest.csv").read_text(encoding="utf-8").splitlines()
+            random.Random(3).shuffle(lines)
+            (out / "manifest.csv").write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+        assert main([*extract_argv(later, out), "--workers", "2", "--append"]) == 0
+        trees.append(tree_digest(out))
+    assert trees[0] == trees[1]

@@ -27,7 +27,7 @@ import math
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,7 +328,8 @@ def write_dataset(
     atomically, the manifest first. Rows are sorted here; `write_sorted_manifest` takes rows
     that arrive sorted without holding them.
     """
-    counts = write_sorted_manifest(root, sorted(rows, key=lambda r: str(r["path"])))
+    ordered = sorted(rows, key=lambda r: str(r["path"]))
+    counts = write_sorted_manifest(root, map(manifest_line, ordered))
     write_summary(root, counts, SummaryFields(sources, options, last_run, crop_policy))
 
 
@@ -342,6 +343,18 @@ class SummaryFields:
     crop_policy: Mapping[str, Any] | None = None
 
 
+#: A manifest row as the streaming writers carry it: its values in `MANIFEST_COLUMNS` order.
+ManifestLine = Sequence[str]
+_PATH, _SPLIT, _LABEL, _CLASS_DIR = (
+    MANIFEST_COLUMNS.index(c) for c in ("path", "split", "label", "class_dir")
+)
+
+
+def manifest_line(row: Mapping[str, Any]) -> list[str]:
+    """A row as a `ManifestLine` (missing columns empty)."""
+    return ["" if (value := row.get(c)) is None else str(value) for c in MANIFEST_COLUMNS]
+
+
 @dataclass
 class ManifestCounts:
     """Images per split and class, and the labels of each class, of the rows written."""
@@ -350,14 +363,14 @@ class ManifestCounts:
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     labels: dict[str, set[str]] = field(default_factory=dict)
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def add(self, line: ManifestLine) -> None:
         self.total += 1
-        self.counts.setdefault(str(row["split"]), Counter())[str(row["class_dir"])] += 1
-        self.labels.setdefault(str(row["class_dir"]), set()).add(str(row["label"]))
+        self.counts.setdefault(line[_SPLIT], Counter())[line[_CLASS_DIR]] += 1
+        self.labels.setdefault(line[_CLASS_DIR], set()).add(line[_LABEL])
 
 
 def write_sorted_manifest(
-    root: str | Path, rows: Iterable[Mapping[str, Any]], replace_empty: bool = True
+    root: str | Path, lines: Iterable[ManifestLine], replace_empty: bool = True
 ) -> ManifestCounts:
     """Stream rows that arrive sorted by path into `manifest.csv` (a hidden temp file renamed
     into place), counting them as they pass: memory does not grow with the rows. With
@@ -372,16 +385,16 @@ def write_sorted_manifest(
     last: str | None = None
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                path = str(row["path"])
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            for line in lines:
+                path = line[_PATH]
                 if last is not None and path <= last:
                     what = "listed twice" if path == last else f"after {last!r}"
                     raise DatasetError(f"manifest row {path!r} is {what}: rows must be sorted")
                 last = path
-                writer.writerow({c: row.get(c, "") for c in MANIFEST_COLUMNS})
-                counts.add(row)
+                writer.writerow(line)
+                counts.add(line)
         if counts.total or replace_empty:
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, root / MANIFEST_FILE)

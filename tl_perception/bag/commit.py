@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tl_perception.bag.existing import Existing
-from tl_perception.bag.sortedrows import Row, Spill, merge_files
+from tl_perception.bag.sortedrows import BAG, Row, Spill, merge_files
 from tl_perception.bag.workdir import WorkDir, digest
 
 _BUFFERED_PATHS = 65536
@@ -30,10 +30,10 @@ def write_old_paths(existing: Existing, work: WorkDir, keys: dict[str, str]) -> 
     buffered = 0
     if wanted:
         for row in existing.sorted_rows(Spill(work.spill)):
-            key = wanted.get(row.get("bag") or "")
+            key = wanted.get(row[BAG])
             if key is None:
                 continue
-            buffers[key].append(row["path"])
+            buffers[key].append(row[0])
             buffered += 1
             if buffered >= _BUFFERED_PATHS:
                 _flush(work, buffers, started)
@@ -63,8 +63,8 @@ def remove_placed(existing: Existing, work: WorkDir, rows_files: list[Path]) -> 
     if not rows_files:
         return 0
     spill = Spill(work.spill)
-    placed = (row["path"] for row in merge_files(rows_files, spill))
-    listed = (row["path"] for row in existing.sorted_rows(spill))
+    placed = (row[0] for row in merge_files(rows_files, spill))
+    listed = (row[0] for row in existing.sorted_rows(spill))
     removed = 0
     for path in _only_in_first(placed, listed):
         target = existing.out / path
@@ -87,8 +87,8 @@ def _only_in_first(first: Iterator[str], second: Iterator[str]) -> Iterator[str]
 def merged_rows(existing: Existing, new_files: list[Path], spill: Spill) -> Iterator[Row]:
     """The dataset's rows after this run, sorted by path: the old rows (those whose image is
     still there) and the new ones; a path in both is the new row (its image was written again)."""
-    old = ((row["path"], 0, row) for row in existing.sorted_rows(spill))
-    new = ((row["path"], 1, row) for row in merge_files(new_files, spill))
+    old = ((row[0], 0, row) for row in existing.sorted_rows(spill))
+    new = ((row[0], 1, row) for row in merge_files(new_files, spill))
     merged = heapq.merge(old, new, key=lambda item: (item[0], item[1]))
     for path, group in itertools.groupby(merged, key=lambda item: item[0]):
         entries = list(group)

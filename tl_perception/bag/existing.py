@@ -27,6 +27,7 @@ from tl_perception.dataset import (
     crop_policy_of,
     iter_manifest,
     labels_to_dirs,
+    manifest_line,
     read_manifest,
     read_summary,
 )
@@ -55,8 +56,9 @@ class Existing:
         return {str(f.get("path")) for f in last.get("failed", []) if isinstance(f, dict)}
 
     def sorted_rows(self, spill: Spill) -> Iterator[Row]:
-        """The old manifest's rows, sorted by path (re-read from disk)."""
-        rows = (row for _line, row in iter_manifest(self.out))
+        """The old manifest's rows, sorted by path (re-read from disk), as manifest lines
+        (an older version's manifest, with fewer columns, gets the new ones empty)."""
+        rows = (manifest_line(row) for _line, row in iter_manifest(self.out))
         return rows if self.is_sorted else sort_rows(rows, spill)
 
 
@@ -103,7 +105,7 @@ def read_existing(out: Path) -> Existing:
 
 def _tapped(
     found: Existing, counts: dict[str, Counter[str]], splits_of: dict[str, str]
-) -> Iterator[Row]:
+) -> Iterator[dict[str, str]]:
     """The old rows, counted on the way (sequences, rows per bag, order)."""
     last = ""
     where = str(found.out / MANIFEST_FILE)

@@ -21,12 +21,9 @@ by the same command. Nothing in the dataset changes before step 3; a failure whi
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +37,17 @@ from tl_perception.bag.existing import (
 from tl_perception.bag.finish import Assignment, BagResult
 from tl_perception.bag.frames import init_worker
 from tl_perception.bag.options import UNIT_BYTES, ExtractOptions, check_options
+from tl_perception.bag.outdir import (
+    class_dirs_on_disk,
+    first_missing,
+    remove_new_empty_dirs,
+    remove_stale_temps,
+    remove_trash,
+    undo_setup,
+)
 from tl_perception.bag.progress import Progress
 from tl_perception.bag.reduce import assignment_of, reduce_plans, unpaired_csv_rows
+from tl_perception.bag.report import ExtractReport, RunTimings, nothing_kept
 from tl_perception.bag.sortedrows import Spill, read_rows
 from tl_perception.bag.units import (
     FinishTask,
@@ -55,7 +61,6 @@ from tl_perception.bag.units import (
     window_unit,
 )
 from tl_perception.bag.workdir import (
-    WORK_DIR,
     WorkDir,
     bag_key,
     digest,
@@ -64,76 +69,16 @@ from tl_perception.bag.workdir import (
     remove_tree,
 )
 from tl_perception.dataset import (
-    SPLITS,
     SUMMARY_FILE,
     SummaryFields,
     begin_summary,
     write_sorted_manifest,
     write_summary,
 )
-from tl_perception.engine import Engine, Job, Outcome, open_engine
+from tl_perception.engine import Engine, Job, open_engine
 from tl_perception.errors import BagError, DatasetError, TlPerceptionError
 
 __all__ = ["UNIT_BYTES", "ExtractOptions", "ExtractReport", "RunTimings", "extract"]
-
-
-@dataclass
-class RunTimings:
-    """Where a run's time went (never written to the dataset: it would differ run to run).
-
-    `units`: per wave ("plan", "write", "finish"), each unit's wall and CPU seconds in its
-    worker; `steps`: the driver's wall seconds per step ("plan", "reduce", "write", "commit");
-    `driver_cpu`: the driver process's CPU seconds.
-    """
-
-    units: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    steps: dict[str, float] = field(default_factory=dict)
-    driver_cpu: float = 0.0
-
-    def unit(self, wave: str, outcome: Outcome[Any, Any]) -> None:
-        self.units.setdefault(wave, []).append((outcome.seconds, outcome.cpu_seconds))
-
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - started
-
-
-@dataclass
-class ExtractReport:
-    """What a run did: images kept per (class_dir, split), frames skipped per reason; for a
-    region-of-interest run also boxes (and negatives) skipped per reason and box messages;
-    bags that could not be read, with the reason (path, one line)."""
-
-    out: Path
-    kept: Counter[tuple[str, str]] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-    boxes_skipped: Counter[str] = field(default_factory=Counter)
-    messages: Counter[str] = field(default_factory=Counter)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    timings: RunTimings = field(default_factory=RunTimings)
-
-    @property
-    def written(self) -> int:
-        return sum(self.kept.values())
-
-    def last_run(self, options: ExtractOptions) -> dict[str, Any]:
-        """The `last_run` of dataset.json (`failed` only when a bag failed)."""
-        out: dict[str, Any] = {
-            "options": options.record(),
-            "kept": self.written,
-            "skipped": dict(sorted(self.skipped.items())),
-        }
-        if options.rois is not None:
-            out["boxes_skipped"] = dict(sorted(self.boxes_skipped.items()))
-            out["box_messages"] = dict(sorted(self.messages.items()))
-        if self.failed:
-            out["failed"] = [{"path": p, "reason": r} for p, r in sorted(self.failed)]
-        return out
 
 
 def extract(options: ExtractOptions, progress: bool = False) -> ExtractReport:
@@ -190,10 +135,10 @@ class _Run:
 
     def run(self) -> ExtractReport:
         out = self.options.out
-        created = _first_missing(out)
+        created = first_missing(out)
         had_work = self.work.root.exists()
         out.mkdir(parents=True, exist_ok=True)
-        _remove_trash(out)
+        remove_trash(out)
         self.work.make()
         with self.work.locked():
             try:
@@ -201,7 +146,7 @@ class _Run:
                     plans = self._plan_all()
                 self._check(plans)
             except TlPerceptionError:
-                _undo_setup(self.work, created, had_work)
+                undo_setup(self.work, created, had_work)
                 raise
             self._write(plans, created)
             remove_tree(self.work.root)
@@ -210,7 +155,7 @@ class _Run:
     def _write(self, plans: list[PlanResult], created: Path | None) -> None:
         """Steps 2 (after the checks) to 4; on a failure the dataset is rolled back."""
         out = self.options.out
-        dirs_before = _class_dirs_on_disk(out)
+        dirs_before = class_dirs_on_disk(out)
         if self.existing.summary is None:
             begin_summary(out)
         try:
@@ -221,7 +166,7 @@ class _Run:
                 assignments = {
                     p.key: assignment_of(reduction, p, old.get(p.key), self.content) for p in plans
                 }
-                _remove_stale_temps(out)
+                remove_stale_temps(out)
                 self._remove_leftovers(assignments)
             with self.timings.step("write"):
                 results = self._write_all(plans, assignments)
@@ -386,7 +331,7 @@ class _Run:
         rows = merged_rows(self.existing, rows_files(self.work, results), spill)
         manifest = write_sorted_manifest(out, rows, replace_empty=False)
         if manifest.total == 0:  # an empty dataset is of no use: say why
-            raise DatasetError(_nothing_kept(self.options, plans, self.report))
+            raise DatasetError(nothing_kept(self.options, [p.path for p in plans], self.report))
         summary = self.existing.summary or {}
         records = {s["name"]: s for s in summary.get("sources", [])}
         records.update({p.source.name: p.source.record() for p in done})
@@ -420,13 +365,7 @@ class _Run:
             return
         out = self.options.out
         remove_placed(self.existing, self.work, sorted((self.work.root / "rows").glob("*.csv")))
-        for directory in sorted(_class_dirs_on_disk(out) - dirs_before, reverse=True):
-            if not any(directory.iterdir()):
-                directory.rmdir()
-        for split in SPLITS:
-            split_dir = out / split
-            if split_dir.is_dir() and split_dir not in dirs_before and not any(split_dir.iterdir()):
-                split_dir.rmdir()
+        remove_new_empty_dirs(out, dirs_before)
         remove_tree(self.work.root)
         if self.existing.summary is None:  # `out` existed but was empty
             (out / SUMMARY_FILE).unlink(missing_ok=True)
@@ -441,72 +380,4 @@ def _fingerprint(path: Path) -> list[Any] | None:
 
 def _all_present(out: Path, rows_file: Path) -> bool:
     """Whether every image a finished bag's rows list is still on disk."""
-    return all((out / row["path"]).is_file() for row in read_rows(rows_file))
-
-
-def _nothing_kept(options: ExtractOptions, plans: list[PlanResult], report: ExtractReport) -> str:
-    """Why a run kept nothing, in one line."""
-    bags = ", ".join(repr(str(p.path)) for p in plans)
-    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
-    failed = f"; {len(report.failed)} bags failed" if report.failed else ""
-    if options.rois is None:
-        return (
-            f"no frame of {bags} on {options.topic!r} was kept "
-            f"({skipped or 'the topic has no messages'}){failed}; nothing written"
-        )
-    boxes = ", ".join(f"{n} {why}" for why, n in sorted(report.boxes_skipped.items()))
-    messages = ", ".join(f"{n} {why}" for why, n in sorted(report.messages.items()))
-    return (
-        f"no crop of {bags} on {options.topic!r} was kept (frames: {skipped or 'none skipped'}; "
-        f"boxes: {boxes or 'none skipped'}; {messages or 'no box messages'}){failed}; "
-        "nothing written"
-    )
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The topmost directory of `path` that does not exist yet (what mkdir -p would create)."""
-    if path.exists():
-        return None
-    top = path
-    while not top.parent.exists():
-        top = top.parent
-    return top
-
-
-def _undo_setup(work: WorkDir, created: Path | None, had_work: bool) -> None:
-    """A run refused before writing: leave `out` as it was (a work directory that an earlier
-    run left stays, with the plans this run added: they are valid for a later run)."""
-    if created is not None:
-        shutil.rmtree(created, ignore_errors=True)
-    elif not had_work:
-        remove_tree(work.root)
-
-
-def _remove_trash(out: Path) -> None:
-    """What a removal of a work directory that was interrupted left behind."""
-    for trash in out.glob(f"{WORK_DIR}.*.trash"):
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def _class_dirs_on_disk(out: Path) -> set[Path]:
-    """Split and class directories that exist (a rollback removes the new, empty ones)."""
-    found: set[Path] = set()
-    for split in SPLITS:
-        split_dir = out / split
-        if split_dir.is_dir():
-            found.add(split_dir)
-            found.update(p for p in split_dir.iterdir() if p.is_dir())
-    return found
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Temp files older versions wrote into the dataset (`.frame-*.tmp`, hidden `*.tmp` in
-    class directories): this version writes its temp files in the work directory."""
-    for stale in out.glob(".frame-*.tmp"):
-        stale.unlink(missing_ok=True)
-    for split in SPLITS:
-        if not (out / split).is_dir():
-            continue
-        for path in (out / split).glob("*/.*.tmp"):
-            if path.is_file():
-                path.unlink()
+    return all((out / row[0]).is_file() for row in read_rows(rows_file))

@@ -16,32 +16,38 @@ import itertools
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 
-from tl_perception.dataset import MANIFEST_COLUMNS
+from tl_perception.dataset import MANIFEST_COLUMNS, ManifestLine
+from tl_perception.errors import DatasetError
 
-FAN_IN = 64
+FAN_IN = 256
 CHUNK = 100_000
 
-Row = dict[str, str]
+#: Rows travel as lists in `MANIFEST_COLUMNS` order (half the cost of dicts per row); the path
+#: is the first column.
+Row = ManifestLine
+BAG = MANIFEST_COLUMNS.index("bag")
 
 
 def path_of(row: Row) -> str:
-    return row["path"]
+    return row[0]
 
 
 def read_rows(path: Path) -> Generator[Row, None, None]:
-    """The rows of a manifest-format CSV file (header first), as they are read."""
+    """The rows of a CSV file that `write_rows` or `dataset.manifest_text` wrote."""
     with open(path, encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            yield dict(row)
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is not None and tuple(header) != MANIFEST_COLUMNS:
+            raise DatasetError(f"{str(path)!r} has columns {header}, not the manifest's")
+        yield from reader
 
 
 def write_rows(path: Path, rows: Iterable[Row]) -> Path:
     """A manifest-format CSV file of `rows` (in the order given)."""
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: row.get(c, "") for c in MANIFEST_COLUMNS})
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
     return path
 
 

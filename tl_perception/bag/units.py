@@ -317,6 +317,8 @@ def _decode(
     """Frame index -> what `process_frame` made of it, for the window's planned frames."""
     window = plan.windows[index]
     wanted = {f.index: f for f in frames}
+    if not wanted:  # nothing planned (every frame skipped): no need to read the bag again
+        return {}
     work = Work(
         fmt=options.fmt,
         tmp_dir=stage,  # same file system as the dataset: the finish renames

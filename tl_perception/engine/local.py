@@ -77,15 +77,12 @@ class PoolEngine:
         self._context = multiprocessing.get_context("forkserver")
         self._max_retries = max_retries
         self._ids = itertools.count()
-        self._slots = [self._spawn() for _ in range(max(1, workers))]
+        self._workers = max(1, workers)
+        self._slots: list[_Slot] = []  # started as units need them, kept for the next job
 
     @property
     def workers(self) -> int:
-        return len(self._slots)
-
-    def worker_pids(self) -> list[int]:
-        """The worker processes' ids (for fault-injection tests and diagnostics)."""
-        return [s.process.pid for s in self._slots if s.process.pid is not None]
+        return self._workers
 
     def map_unordered(self, job: Job[S, T, R], items: Iterable[T]) -> Iterator[Outcome[T, R]]:
         job_id = next(self._ids)
@@ -106,9 +103,12 @@ class PoolEngine:
     def _fill(
         self, job_id: int, job: Job[Any, Any, Any], source: Iterator[Any], retry: deque[_Ticket]
     ) -> None:
-        """Give every idle worker a unit: units to run again first, then new ones."""
-        for index, slot in enumerate(self._slots):
-            if slot.busy is not None:
+        """Give every idle worker a unit (units to run again first, then new ones), starting
+        workers up to `workers` while there are units for them."""
+        index = 0
+        while index < self._workers:
+            if index < len(self._slots) and self._slots[index].busy is not None:
+                index += 1
                 continue
             ticket = retry.popleft() if retry else None
             if ticket is None:
@@ -116,7 +116,10 @@ class PoolEngine:
                 if item is _END:
                     return
                 ticket = _Ticket(item)
+            if index == len(self._slots):
+                self._slots.append(self._spawn())
             self._send(index, job_id, job, ticket)
+            index += 1
 
     def _send(self, index: int, job_id: int, job: Job[Any, Any, Any], ticket: _Ticket) -> None:
         slot = self._slots[index]
