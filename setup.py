@@ -35,6 +35,7 @@ setup(
             "ai-edge-litert",
             "matplotlib",
         ],
+        "ray": ["ray>=2.60"],  # extract --engine ray (imported only when asked for)
         "ros": [
             "ros-jazzy-rclpy[fastrtps]",
             "ros-jazzy-sensor-msgs",

@@ -24,16 +24,17 @@ import hashlib
 import io
 import json
 import math
+import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tl_perception.crop import CropError, CropPolicy
 from tl_perception.errors import DatasetError, one_line
-from tl_perception.fsutil import atomic_write_json, atomic_write_text
+from tl_perception.fsutil import FILE_MODE, atomic_write_json
 
 FORMAT = "tl_perception.dataset"
 #: Version 3 may hold crops of boxes: dataset.json has `crop_policy` (null for whole frames) and
@@ -324,34 +325,104 @@ def write_dataset(
     `sources` are `{name, path, sha256, bytes}` of every bag in the dataset; `options` are those
     that define the content; `last_run` what this run did; `crop_policy` the
     `CropPolicy.to_dict()` the crops were cut with (None: whole frames). Both files are replaced
-    atomically.
+    atomically, the manifest first. Rows are sorted here; `write_sorted_manifest` takes rows
+    that arrive sorted without holding them.
     """
+    ordered = sorted(rows, key=lambda r: str(r["path"]))
+    counts = write_sorted_manifest(root, map(manifest_line, ordered))
+    write_summary(root, counts, SummaryFields(sources, options, last_run, crop_policy))
+
+
+@dataclass(frozen=True)
+class SummaryFields:
+    """What dataset.json says beyond the counts (see `write_dataset`)."""
+
+    sources: Iterable[Mapping[str, Any]]
+    options: Mapping[str, Any]
+    last_run: Mapping[str, Any]
+    crop_policy: Mapping[str, Any] | None = None
+
+
+#: A manifest row as the streaming writers carry it: its values in `MANIFEST_COLUMNS` order.
+ManifestLine = Sequence[str]
+_PATH, _SPLIT, _LABEL, _CLASS_DIR = (
+    MANIFEST_COLUMNS.index(c) for c in ("path", "split", "label", "class_dir")
+)
+
+
+def manifest_line(row: Mapping[str, Any]) -> list[str]:
+    """A row as a `ManifestLine` (missing columns empty)."""
+    return ["" if (value := row.get(c)) is None else str(value) for c in MANIFEST_COLUMNS]
+
+
+@dataclass
+class ManifestCounts:
+    """Images per split and class, and the labels of each class, of the rows written."""
+
+    total: int = 0
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
+    labels: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, line: ManifestLine) -> None:
+        self.total += 1
+        self.counts.setdefault(line[_SPLIT], Counter())[line[_CLASS_DIR]] += 1
+        self.labels.setdefault(line[_CLASS_DIR], set()).add(line[_LABEL])
+
+
+def write_sorted_manifest(
+    root: str | Path, lines: Iterable[ManifestLine], replace_empty: bool = True
+) -> ManifestCounts:
+    """Stream rows that arrive sorted by path into `manifest.csv` (a hidden temp file renamed
+    into place), counting them as they pass: memory does not grow with the rows. With
+    `replace_empty` False, no rows leave the manifest as it was.
+
+    Raises:
+        DatasetError: a row out of order, or listed twice (nothing is replaced).
+    """
+    root = Path(root)
+    tmp = root / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
+    counts = ManifestCounts()
+    last: str | None = None
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            for line in lines:
+                path = line[_PATH]
+                if last is not None and path <= last:
+                    what = "listed twice" if path == last else f"after {last!r}"
+                    raise DatasetError(f"manifest row {path!r} is {what}: rows must be sorted")
+                last = path
+                writer.writerow(line)
+                counts.add(line)
+        if counts.total or replace_empty:
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, root / MANIFEST_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def write_summary(root: str | Path, counts: ManifestCounts, fields: SummaryFields) -> None:
+    """A complete `dataset.json` for the rows `counts` counted."""
+    crop_policy = fields.crop_policy
     if crop_policy is not None:
         CropPolicy.from_dict(crop_policy, where="crop_policy")  # never write one we cannot read
-    root = Path(root)
-    rows = list(rows)
-    counts: dict[str, dict[str, int]] = {}
-    labels: dict[str, set[str]] = {}
-    for row in rows:
-        split_counts = counts.setdefault(str(row["split"]), {})
-        split_counts[str(row["class_dir"])] = split_counts.get(str(row["class_dir"]), 0) + 1
-        labels.setdefault(str(row["class_dir"]), set()).add(str(row["label"]))
     atomic_write_json(
-        root / SUMMARY_FILE,
+        Path(root) / SUMMARY_FILE,
         {
             "format": FORMAT,
             "version": VERSION,
             "status": "complete",
-            "total": len(rows),
-            "counts": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
-            "class_labels": {c: sorted(v) for c, v in sorted(labels.items())},
-            "sources": sorted((dict(s) for s in sources), key=lambda s: str(s["name"])),
+            "total": counts.total,
+            "counts": {s: dict(sorted(c.items())) for s, c in sorted(counts.counts.items())},
+            "class_labels": {c: sorted(v) for c, v in sorted(counts.labels.items())},
+            "sources": sorted((dict(s) for s in fields.sources), key=lambda s: str(s["name"])),
             "crop_policy": dict(crop_policy) if crop_policy is not None else None,
-            "options": dict(options),
-            "last_run": dict(last_run),
+            "options": dict(fields.options),
+            "last_run": dict(fields.last_run),
         },
     )
-    atomic_write_text(root / MANIFEST_FILE, manifest_text(rows))
 
 
 def read_manifest(root: str | Path) -> list[dict[str, str]]:
@@ -361,37 +432,50 @@ def read_manifest(root: str | Path) -> list[dict[str, str]]:
     suffix, unique paths inside the dataset), so a damaged or hand-edited manifest is one
     `DatasetError` naming the file and line, never a wrong dataset.
     """
-    path = Path(root) / MANIFEST_FILE
-    if not path.is_file():
-        return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"cannot read {str(path)!r}: {one_line(err)}") from err
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        fieldnames = list(reader.fieldnames or ())
-        missing = [c for c in ("path", "split", "class_dir") if c not in fieldnames]
-        if missing:
-            raise DatasetError(
-                f"{str(path)!r} lacks columns {missing}; it was not written by "
-                "`tl-perception extract`"
-            )
-        rows = []
-        seen: set[str] = set()
-        for row in reader:
-            if None in row or any(value is None for value in row.values()):
-                raise DatasetError(
-                    f"{str(path)!r} line {reader.line_num}: expected {len(fieldnames)} fields"
-                )
-            _check_row(path, reader.line_num, row, seen)
-            rows.append(dict(row))
-    except csv.Error as err:
-        raise DatasetError(f"{str(path)!r}: malformed CSV: {err}") from err
+    rows = []
+    seen: set[str] = set()
+    where = str(Path(root) / MANIFEST_FILE)
+    for line, row in iter_manifest(root):
+        if row["path"] in seen:
+            raise DatasetError(f"{where!r} line {line}: {row['path']!r} is listed twice")
+        seen.add(row["path"])
+        rows.append(row)
     return rows
 
 
-def _check_row(path: Path, line: int, row: dict[str, str], seen: set[str]) -> None:
+def iter_manifest(root: str | Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of `root/manifest.csv`, each checked as `read_manifest` checks it
+    except for paths listed twice (which needs every path at once; a manifest sorted by path,
+    as tl_perception writes it, has its repeats next to each other). Nothing when there is
+    none; the file is read as the rows are consumed, so memory does not grow with it.
+    """
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        return
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = list(reader.fieldnames or ())
+            missing = [c for c in ("path", "split", "class_dir") if c not in fieldnames]
+            if missing:
+                raise DatasetError(
+                    f"{str(path)!r} lacks columns {missing}; it was not written by "
+                    "`tl-perception extract`"
+                )
+            for row in reader:
+                if None in row or any(value is None for value in row.values()):
+                    raise DatasetError(
+                        f"{str(path)!r} line {reader.line_num}: expected {len(fieldnames)} fields"
+                    )
+                _check_row(path, reader.line_num, row)
+                yield reader.line_num, dict(row)
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read {str(path)!r}: {one_line(err)}") from err
+    except csv.Error as err:
+        raise DatasetError(f"{str(path)!r}: malformed CSV: {err}") from err
+
+
+def _check_row(path: Path, line: int, row: dict[str, str]) -> None:
     """A manifest row must name an image at `split/class_dir/<file>` inside the dataset."""
     where = f"{str(path)!r} line {line}"
     rel = row["path"]
@@ -408,9 +492,6 @@ def _check_row(path: Path, line: int, row: dict[str, str], seen: set[str]) -> No
     hidden = parts[1].startswith(".") or parts[2].startswith(".")
     if hidden or Path(parts[2]).suffix.lower() not in IMAGE_SUFFIXES:
         raise DatasetError(f"{where}: {rel!r} is not a visible image file ({IMAGE_SUFFIXES})")
-    if rel in seen:
-        raise DatasetError(f"{where}: {rel!r} is listed twice")
-    seen.add(rel)
     box = [row.get(c) or "" for c in BOX_COLUMNS[:4]]
     if any(box) and _box_of(row) is None:
         raise DatasetError(f"{where}: box {box!r} is not four finite numbers of pixels")

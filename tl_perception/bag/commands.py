@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from tl_perception.engine.base import ENGINES
 from tl_perception.errors import DatasetError
 
 
@@ -52,7 +52,23 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     ext.add_argument(
         "--seed", type=int, default=0, help="seed of the split assignment and of --negatives"
     )
-    ext.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N")
+    ext.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="units at once (default: every CPU of this machine, or of the Ray cluster)",
+    )
+    ext.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: processes on this machine (default); ray: tasks on a Ray cluster",
+    )
+    ext.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="the Ray cluster (default: RAY_ADDRESS, else a local Ray for this run)",
+    )
     ext.add_argument("--append", action="store_true", help="add bags to an existing dataset")
     ext.add_argument("--no-progress", action="store_true", help="no progress bar")
     _register_rois(ext)
@@ -171,8 +187,10 @@ def options_from_args(args: argparse.Namespace) -> Any:
         raise DatasetError(f"--end {args.end} must be after --start {args.start}")
     if args.dedup is not None and not 0 <= args.dedup <= 64:
         raise DatasetError(f"--dedup {args.dedup}: HAMMING must be 0..64")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise DatasetError(f"--workers {args.workers}: need at least 1")
+    if args.ray_address is not None and args.engine != "ray":
+        raise DatasetError("--ray-address needs --engine ray")
     return ExtractOptions(
         bags=tuple(args.bags),
         topic=args.topic,
@@ -187,6 +205,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
         workers=args.workers,
         append=args.append,
         rois=rois_from_args(args),
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
 
 
@@ -206,12 +226,30 @@ def run_extract(args: argparse.Namespace) -> int:
     from tl_perception.dataset import SPLITS
 
     options = options_from_args(args)
-    report = extract(options, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        report = extract(options, progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(
+            f"tl-perception extract: interrupted; the manifest and dataset.json of "
+            f"{options.out} are unchanged; run the same command to resume (finished bags "
+            "are kept)",
+            file=sys.stderr,
+        )
+        return 130
     print(summary_table(report.kept, report.skipped, SPLITS, boxes=options.rois is not None))
     if options.rois is not None:
         print(roi_table(report.boxes_skipped, report.messages))
     print(f"wrote {report.written} images to {options.out} in {report.seconds:.1f} s")
-    return 0
+    if not report.failed:
+        return 0
+    for path, reason in report.failed:
+        print(f"failed: {path}: {reason}")
+    print(
+        f"tl-perception extract: {len(report.failed)} of {len(options.bags)} bags failed "
+        "(listed above and in dataset.json last_run.failed); the others are in the dataset",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run_inspect(args: argparse.Namespace) -> int:

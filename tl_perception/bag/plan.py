@@ -73,6 +73,8 @@ class PlannedFrame:
     A region-of-interest frame (`roi`) is not written itself: its `boxes` are cropped and
     `negatives` background crops added, which keep clear of every box in `avoid`; its `label`,
     `class_dir` and `sequence` are those of its negatives (`run` is their time block).
+    A bag may be cut into time windows only before a frame whose `prev_ns` is earlier than its
+    own log time, so a window that starts reading at that time starts with that frame.
     """
 
     index: int
@@ -87,6 +89,8 @@ class PlannedFrame:
     boxes: tuple[PlannedBox, ...] = ()
     avoid: tuple[Box, ...] = ()
     negatives: int = 0
+    nbytes: int = 0  # of its serialized message: what cutting a bag into windows weighs
+    prev_ns: int | None = None  # log time of the topic's message before it (None: first)
 
 
 class Selector:
@@ -197,7 +201,7 @@ def plan_bag(
     for index, (conn, log_ns, raw) in enumerate(iter_messages(reader, path, [topic])):
         if previous_ns is not None and log_ns - previous_ns > SEQUENCE_GAP_S * SEC:
             run_key = None
-        previous_ns = log_ns
+        prev_ns, previous_ns = previous_ns, log_ns
         reason = selector.window(log_ns)
         if reason is not None:
             skipped[reason] += 1
@@ -214,7 +218,8 @@ def plan_bag(
             run += 1
             run_key = label
         stamp_ns, encoding = frame_header(reader, path, topic, conn.msgtype, raw)
-        planned.append(PlannedFrame(index, log_ns, label, run, stamp_ns or log_ns, encoding))
+        frame = PlannedFrame(index, log_ns, label, run, stamp_ns or log_ns, encoding)
+        planned.append(dataclasses.replace(frame, nbytes=len(raw), prev_ns=prev_ns))
     return planned
 
 
@@ -251,10 +256,15 @@ def place_frames(
         dataclasses.replace(
             frame,
             class_dir=class_dir_of[frame.label],
-            sequence=f"{bag}:{class_dir_of[frame.label]}:{frame.run}",
+            sequence=sequence_id(bag, class_dir_of[frame.label], frame.run),
         )
         for frame in plan
     ]
+
+
+def sequence_id(bag: str, class_dir: str, run: int | str) -> str:
+    """`<bag>:<class_dir>:<run>`: a run of whole frames, or a time block of negatives."""
+    return f"{bag}:{class_dir}:{run}"
 
 
 def label_at(labels: LabelSpec, rel_s: float, log_ns: int, track: LabelTrack | None) -> str | None:

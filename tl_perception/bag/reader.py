@@ -65,6 +65,11 @@ class BagSource:
             "bytes": self.size,
         }
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> BagSource:
+        """The source a `record` describes (a resume marker's)."""
+        return cls(Path(record["path"]), record["name"], record["sha256"], int(record["bytes"]))
+
 
 _HASH_BLOCK = 1 << 20
 
@@ -146,14 +151,19 @@ def open_bag(path: str | Path) -> Iterator[Any]:
 
 
 def iter_messages(
-    reader: Any, path: Path, topics: Sequence[str], start: int | None = None
+    reader: Any,
+    path: Path,
+    topics: Sequence[str],
+    start: int | None = None,
+    stop: int | None = None,
 ) -> Iterator[tuple[Any, int, bytes]]:
-    """(connection, log time ns, raw bytes) of `topics` in time order; corruption -> BagError."""
+    """(connection, log time ns, raw bytes) of `topics` in time order, log times in
+    [start, stop) when given (rosbags seeks by its chunk index); corruption -> BagError."""
     conns = [c for c in reader.connections if c.topic in topics]
     if not conns:
         return
     try:
-        yield from reader.messages(connections=conns, start=start)
+        yield from reader.messages(connections=conns, start=start, stop=stop)
     except BagError:
         raise
     except Exception as err:

@@ -34,6 +34,7 @@ from tl_perception.bag.plan import (
     Selector,
     frame_header,
     label_at,
+    sequence_id,
 )
 from tl_perception.bag.reader import iter_messages
 from tl_perception.bag.tracks import LinkFrame, link_tracks
@@ -89,6 +90,8 @@ class _Image:
     log_ns: int
     stamp_ns: int  # header stamp, or log time when it is 0
     encoding: str
+    nbytes: int
+    prev_ns: int | None  # the previous image's log time
 
 
 def box_label(labels: LabelSpec, frame_label: str | None, source: SourceBox) -> str | None:
@@ -150,10 +153,11 @@ def plan_roi_bag(
 
 def _images(reader: Any, path: Path, topic: str) -> list[_Image]:
     """Every image of the topic, header read (and validated)."""
-    out = []
+    out: list[_Image] = []
     for index, (conn, log_ns, raw) in enumerate(iter_messages(reader, path, [topic])):
         stamp_ns, encoding = frame_header(reader, path, topic, conn.msgtype, raw)
-        out.append(_Image(index, log_ns, stamp_ns or log_ns, encoding))
+        prev_ns = out[-1].log_ns if out else None
+        out.append(_Image(index, log_ns, stamp_ns or log_ns, encoding, len(raw), prev_ns))
     return out
 
 
@@ -227,6 +231,8 @@ def _frame(
         boxes=planned,
         avoid=tuple(box.box for box, _lab in boxes),
         negatives=rois.negatives,
+        nbytes=image.nbytes,
+        prev_ns=image.prev_ns,
     )
 
 
@@ -249,10 +255,15 @@ def place_roi_frames(
     out = []
     for frame in plan:
         boxes = tuple(
-            dataclasses.replace(b, class_dir=class_dir_of[b.label], track=f"{bag}/{b.track}")
+            dataclasses.replace(b, class_dir=class_dir_of[b.label], track=track_id(bag, b.track))
             for b in frame.boxes
         )
         class_dir = class_dir_of[frame.label] if frame.negatives else ""
-        sequence = f"{bag}:{class_dir}:{frame.run}" if frame.negatives else ""
+        sequence = sequence_id(bag, class_dir, frame.run) if frame.negatives else ""
         out.append(dataclasses.replace(frame, boxes=boxes, class_dir=class_dir, sequence=sequence))
     return out
+
+
+def track_id(bag: str, track: str) -> str:
+    """`<bag>/<track>`: a track made unique across bags by the bag's content-hashed name."""
+    return f"{bag}/{track}"
