@@ -22,9 +22,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import math
-import os
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,7 +34,7 @@ from typing import Any
 
 from tl_perception.crop import CropError, CropPolicy
 from tl_perception.errors import DatasetError, one_line
-from tl_perception.fsutil import FILE_MODE, atomic_write_json
+from tl_perception.fsutil import atomic_open, atomic_write_json
 
 FORMAT = "tl_perception.dataset"
 #: Version 3 may hold crops of boxes: dataset.json has `crop_policy` (null for whole frames) and
@@ -380,26 +380,23 @@ def write_sorted_manifest(
         DatasetError: a row out of order, or listed twice (nothing is replaced).
     """
     root = Path(root)
-    tmp = root / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     counts = ManifestCounts()
+    rows = iter(lines)
+    first = next(rows, None)
+    if first is None and not replace_empty:
+        return counts
     last: str | None = None
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(MANIFEST_COLUMNS)
-            for line in lines:
-                path = line[_PATH]
-                if last is not None and path <= last:
-                    what = "listed twice" if path == last else f"after {last!r}"
-                    raise DatasetError(f"manifest row {path!r} is {what}: rows must be sorted")
-                last = path
-                writer.writerow(line)
-                counts.add(line)
-        if counts.total or replace_empty:
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, root / MANIFEST_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(root / MANIFEST_FILE, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for line in itertools.chain([first] if first is not None else [], rows):
+            path = line[_PATH]
+            if last is not None and path <= last:
+                what = "listed twice" if path == last else f"after {last!r}"
+                raise DatasetError(f"manifest row {path!r} is {what}: rows must be sorted")
+            last = path
+            writer.writerow(line)
+            counts.add(line)
     return counts
 
 

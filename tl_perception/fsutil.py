@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _read_umask() -> int:
@@ -77,22 +77,29 @@ def make_directories(path: str | os.PathLike[str], *, durable: bool = False) -> 
             fsync_directory(created.parent)
 
 
-def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, durable: bool | None = None
-) -> Path:
-    """Write `data` to `path` through a temporary file in the same directory.
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    durable: bool | None = None,
+    **open_args: Any,
+) -> Iterator[IO[Any]]:
+    """A file to stream into under a temporary name beside `path`, renamed into place when the
+    block ends without an error (and removed when it raises).
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600, so
     bundles and datasets stay readable by the other users of a robot. `durable` (None: inside
     `durable_writes()` or not) fsyncs the file before the rename and the directory after it.
+    `mode` is a write mode ("wb", "w"); `open_args` go to `open` (encoding, newline).
     """
     path = Path(path)
     durable = _DURABLE.get() if durable is None else durable
     make_directories(path.parent, durable=durable)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, mode, **open_args) as fh:
+            yield fh
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -104,7 +111,15 @@ def atomic_write_bytes(
         raise
     if durable:
         fsync_directory(path.parent)
-    return path
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, durable: bool | None = None
+) -> Path:
+    """Write `data` to `path` through a temporary file in the same directory (`atomic_open`)."""
+    with atomic_open(path, "wb", durable=durable) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_save_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
