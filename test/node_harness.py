@@ -318,6 +318,25 @@ class Probe:
         with self._lock:
             return self.diagnostics[-1] if self.diagnostics else None
 
+    def diagnostics_where(
+        self, check: Callable[[dict[str, str]], Any], timeout: float = 5.0
+    ) -> dict[str, str]:
+        """The first status of the node (from now on, or the latest) for which `check` holds."""
+        return wait_until(lambda: (d := self.latest_diagnostics()) and check(d) and d, timeout)
+
+    def next_diagnostics(
+        self, check: Callable[[dict[str, str]], Any] = bool, timeout: float = 5.0
+    ) -> dict[str, str]:
+        """The first status of the node published after this call for which `check` holds."""
+        with self._lock:
+            seen = len(self.diagnostics)
+
+        def found() -> dict[str, str] | None:
+            with self._lock:
+                return next((d for d in self.diagnostics[seen:] if check(d)), None)
+
+        return wait_until(found, timeout)
+
     def latest_camera_diagnostics(self, camera: str) -> dict[str, str] | None:
         with self._lock:
             found = self.camera_diagnostics.get(camera)
@@ -330,12 +349,20 @@ class Probe:
         self._thread.join(timeout=2.0)
 
 
+#: The last name of each camera's result topic (full frames, ROIs).
+RESULT_TOPICS = ("classification", "classified_detections")
+
+
 def wait_for_outputs(node: Any, timeout: float = 15.0) -> None:
-    """Until every camera's result publisher has matched a subscriber: a reliable message
-    published before that is lost (volatile), so single-shot tests wait for it."""
-    wait_until(
-        lambda: all(c.result_pub.get_subscription_count() > 0 for c in node.cameras), timeout
-    )
+    """Until every result publisher of the node (rclpy's public `Node.publishers`) has matched
+    a subscriber: a reliable message published before that is lost (volatile), so single-shot
+    tests wait for it."""
+
+    def matched() -> bool:
+        results = [p for p in node.publishers if p.topic_name.rsplit("/", 1)[-1] in RESULT_TOPICS]
+        return bool(results) and all(p.get_subscription_count() > 0 for p in results)
+
+    wait_until(matched, timeout)
 
 
 @contextmanager

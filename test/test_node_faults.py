@@ -37,9 +37,9 @@ from node_harness import (
 )
 from rclpy.parameter import Parameter
 
-from tl_perception.capture import CaptureConfig, CaptureContext, CaptureItem, HardFrameCapture
 from tl_perception.crop import CropPolicy
 from tl_perception.dataset import MANIFEST_FILE, SUMMARY_FILE
+from tl_perception.loop.capture import CaptureConfig, CaptureContext, CaptureItem, HardFrameCapture
 
 CLASSES = ("red", "green", "blue")
 WARN_TEXT = "hard-frame capture is off"
