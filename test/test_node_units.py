@@ -252,3 +252,45 @@ def test_a_worker_whose_cycle_outlives_stop_is_resumed_never_doubled() -> None:
     assert len(workers()) == 1 and worker.is_alive()
     assert worker.stop(timeout=5.0) and not worker.is_alive()
     assert workers() == []
+
+
+def test_roi_and_pairing_counters_have_their_documented_diagnostics_keys() -> None:
+    """The counters test_pipeline.py proves per camera are published under these names."""
+    from tl_perception.ros.diagnostics import CameraReport, PairingPeriod, camera_values
+    from tl_perception.ros.pairing import PairCounts
+    from tl_perception.ros.stats import FrameStats, RoiSnapshot
+
+    rois = RoiSnapshot(
+        boxes=9,
+        classified=5,
+        published=4,
+        background=1,
+        over_max=3,
+        rejected={"invalid": 1, "over_budget": 2},
+        duplicate_ids=2,
+        frame_id_mismatches=2,
+        frame_id_refused=1,
+    )
+    report = CameraReport(
+        "a",
+        FrameStats().snapshot(),
+        "/a/image",
+        "reliable",
+        0,
+        rois=rois,
+        pairing=PairingPeriod(PairCounts(paired=7)),
+    )
+    values = camera_values(report)
+    assert {k: values[k] for k in values if k.startswith(("rois_", "frame_id_"))} == {
+        "rois_received": "9",
+        "rois_classified": "5",
+        "rois_published": "4",
+        "rois_background": "1",
+        "rois_over_max": "3",
+        "rois_duplicate_ids": "2",
+        "rois_rejected_invalid": "1",
+        "rois_rejected_over_budget": "2",
+        "frame_id_mismatches": "2",
+        "frame_id_refused": "1",
+    }
+    assert values["paired_frames"] == "7"
