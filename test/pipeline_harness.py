@@ -11,8 +11,6 @@ These tests prove pipeline logic fast; the DDS tests prove the node end to end.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from tl_perception.ros.camera import Camera, CameraConfig
@@ -123,11 +121,6 @@ class Rig:
         """One worker cycle over what is waiting; the number of frames classified."""
         return self.pipeline.process(self.frames.take_all(timeout=0.0))
 
-    def run(self, feed: Callable[[], None]) -> int:
-        """`feed()` the cameras, then one cycle."""
-        feed()
-        return self.cycle()
-
     def books(self, index: int = 0) -> tuple[int, int, int, int, int]:
         """Camera `index`'s (received, processed, bad, dropped) and the pipeline's errors."""
         snap = self.cameras[index].stats.snapshot()
@@ -137,17 +130,3 @@ class Rig:
 def rig(classifier: Any, capture: HardFrames | None = None, **values: Any) -> Rig:
     """A `Rig` whose config is the defaults with `values` (ROS values) applied."""
     return Rig(classifier, NodeConfig.from_values(values), capture)
-
-
-def with_config(r: Rig, **changes: Any) -> Rig:
-    """The same rig under another config (a read-only parameter changed: a new configure)."""
-    return Rig(r.classifier, replace(r.config, **changes))
-
-
-def send(camera: Camera, messages: Sequence[Any]) -> None:
-    """Deliver messages to a camera's callbacks, images and detections alike."""
-    for msg in messages:
-        if hasattr(msg, "detections"):
-            camera.on_detections(msg)
-        else:
-            camera.on_image(msg)
