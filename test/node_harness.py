@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Log
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -264,6 +265,13 @@ class Probe:
         self.node.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50)
         )
+        self.logs: list[Any] = []  # rcl_interfaces/Log of every node, as /rosout carries them
+        rosout = QoSProfile(  # as rcl publishes it: a late subscriber still gets the lines
+            depth=1000,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.node.create_subscription(Log, "/rosout", self._on_log, rosout)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -273,6 +281,15 @@ class Probe:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception:  # context shut down under us
                 return
+
+    def _on_log(self, msg: Any) -> None:
+        with self._lock:
+            self.logs.append(msg)
+
+    def log_lines(self, words: str, node: str = "classifier") -> list[str]:
+        """The /rosout messages of `node` (its last name) that contain `words`."""
+        with self._lock:
+            return [m.msg for m in self.logs if m.name.split(".")[-1] == node and words in m.msg]
 
     def _on_label_info(self, msg: Any) -> None:
         with self._lock:
