@@ -99,6 +99,14 @@ class CameraConfig:
     def crops_rois(self) -> bool:
         return self.roi_source != "full_frame"
 
+    @property
+    def pairs_detections(self) -> bool:
+        return self.roi_source == "detections"
+
+    @property
+    def compressed(self) -> bool:
+        return self.transport == "compressed"
+
 
 def check_camera_names(node: Node, names: Sequence[str]) -> None:
     """NodeConfigError unless every `cameras` name makes valid relative topic names."""
@@ -138,7 +146,7 @@ class Camera:
         self.stats = FrameStats()
         self.rois = RoiStats((*REASONS, OVER_BUDGET)) if config.crops_rois else None
         self.pairer: StampPairer[Any, Any] | None = None
-        if config.roi_source == "detections":
+        if config.pairs_detections:
             self.pairer = StampPairer(config.sync_tolerance_ns, config.sync_queue)
         self.detections_received = 0
         self._frames = frames
@@ -174,7 +182,7 @@ class Camera:
             )
         self.result_pub = node.create_publisher(out_type, out_topic, OUTPUT_QOS)
         self.ensure_overlay(node, publish_overlay)
-        image_type = CompressedImage if self.config.transport == "compressed" else Image
+        image_type = CompressedImage if self.config.compressed else Image
         self._image = AutoQosInput(
             image_type, self.image_topic(node), self.on_image, self.config.qos_mode
         )
@@ -231,7 +239,7 @@ class Camera:
     def image_topic(self, node: Node) -> str:
         """The resolved (remapped) image topic; `<image>/compressed` as image_transport does."""
         base = node.resolve_topic_name(self.topics.image)
-        return f"{base}/compressed" if self.config.transport == "compressed" else base
+        return f"{base}/compressed" if self.config.compressed else base
 
     def match_qos(self, node: Node) -> None:
         for endpoint in (self._image, self._detections):

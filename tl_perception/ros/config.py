@@ -427,13 +427,18 @@ class NodeConfig:
         """ROI mode: crops are classified and published on `classified_detections`."""
         return self.roi_source != "full_frame"
 
+    @property
+    def pairs_detections(self) -> bool:
+        """The ROIs are a detector's, paired with each image by stamp."""
+        return self.roi_source == "detections"
+
     def max_batch(self) -> int:
         """The most crops one cycle can have: what the warm-up prepares batches for (ROI modes:
         `max_rois` is the cycle's, shared by the cameras)."""
         cameras = max(1, len(self.cameras))
         if self.roi_source == "fixed":
             return min(len(self.rois) * cameras, self.max_rois)
-        if self.roi_source == "detections":
+        if self.pairs_detections:
             return self.max_rois
         return cameras
 

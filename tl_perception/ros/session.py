@@ -61,7 +61,7 @@ class Session:
         self._logs = node.get_logger()
         output_format = resolve_output_format(config.output_format)
         check_camera_names(node, config.cameras)
-        if config.roi_source == "detections" and not vision_msgs_available():
+        if config.pairs_detections and not vision_msgs_available():
             raise NodeConfigError(
                 "roi_source 'detections' subscribes vision_msgs/Detection2DArray, but vision_msgs "
                 "cannot be imported; install it (make venv builds it) or use roi_source fixed"
