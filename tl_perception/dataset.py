@@ -600,9 +600,9 @@ def _samples_from_manifest(root: Path, rows: list[dict[str, str]]) -> list[Sampl
     return samples
 
 
-#: Columns a hard frame captured by the node fills (`tl_perception.capture`; empty otherwise): the
-#: camera it came from, the class the model predicted, its best score, and the first 12 hex digits
-#: of the SHA-256 of the bundle's model.keras that made the prediction.
+#: Columns a hard frame captured by the node fills (`tl_perception.loop.capture`; empty
+#: otherwise): the camera it came from, the class the model predicted, its best score, and the
+#: first 12 hex digits of the SHA-256 of the bundle's model.keras that made the prediction.
 CAPTURE_COLUMNS: tuple[str, ...] = ("camera", "predicted", "score", "model")
 
 

@@ -30,7 +30,7 @@ from tl_perception.crop import REASONS
 from tl_perception.errors import NodeConfigError, one_line
 from tl_perception.ros import qos as qos_rules
 from tl_perception.ros.budget import OVER_BUDGET
-from tl_perception.ros.config import NodeConfig, QosMode, RoiSource, Transport
+from tl_perception.ros.config import NodeConfig, QosMode, Transport
 from tl_perception.ros.diagnostics import CameraReport, PairingPeriod
 from tl_perception.ros.handoff import LatestFrames
 from tl_perception.ros.messages import OutputFormat, classification_type, detections_type
@@ -79,8 +79,9 @@ class CameraConfig:
 
     transport: Transport
     qos_mode: QosMode
-    roi_source: RoiSource
     output_format: OutputFormat
+    crops_rois: bool = False  # ROI mode: results on classified_detections
+    pairs_detections: bool = False  # roi_source detections: a pairer, a detections input
     sync_tolerance_ns: int = 0
     sync_queue: int = 10
 
@@ -89,19 +90,12 @@ class CameraConfig:
         return cls(
             transport=config.image_transport,
             qos_mode=config.qos,
-            roi_source=config.roi_source,
             output_format=output_format,
+            crops_rois=config.crops_rois,
+            pairs_detections=config.pairs_detections,
             sync_tolerance_ns=round(config.sync_tolerance_s * SEC),
             sync_queue=config.sync_queue,
         )
-
-    @property
-    def crops_rois(self) -> bool:
-        return self.roi_source != "full_frame"
-
-    @property
-    def pairs_detections(self) -> bool:
-        return self.roi_source == "detections"
 
     @property
     def compressed(self) -> bool:
