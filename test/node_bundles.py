@@ -5,7 +5,8 @@
   scores, so comparing scores is comparing crops. With `crop` it carries a crop policy in
   bundle.json, as `finetune` writes it from the dataset.
 - `patch_frame`: a noisy grey frame with solid colour patches where the test's boxes are, for
-  the colour bundle of conftest (`color_bundle`: red, green, blue).
+  the colour bundle of conftest (`color_bundle`: red, green, blue); `PATCHES` and `box_of` are
+  one such layout and its detector boxes.
 """
 
 from __future__ import annotations
@@ -62,3 +63,19 @@ def patch_frame(
         patch = np.clip(np.array(COLORS[color]) + noise, 0, 255).astype(np.uint8)
         frame[y : y + h, x : x + w] = patch
     return frame
+
+
+ROI_SIZE = (120, 160)
+#: id -> (colour, x, y, w, h): the patches of an ROI frame (`patch_frame(ROI_SIZE, ...)`)
+PATCHES = {
+    "r": ("red", 10, 10, 40, 40),
+    "b": ("blue", 60, 10, 40, 40),
+    "g": ("green", 110, 60, 40, 40),
+}
+Det = tuple[str, float, float, float, float]  # (id, centre x, centre y, width, height)
+
+
+def box_of(det_id: str, patch: str) -> Det:
+    """A detection with id `det_id` exactly on the patch `patch` of `PATCHES`."""
+    _colour, x, y, w, h = PATCHES[patch]
+    return det_id, x + w / 2, y + h / 2, float(w), float(h)

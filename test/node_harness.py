@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Log
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -264,6 +265,13 @@ class Probe:
         self.node.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50)
         )
+        self.logs: list[Any] = []  # rcl_interfaces/Log of every node, as /rosout carries them
+        rosout = QoSProfile(  # as rcl publishes it: a late subscriber still gets the lines
+            depth=1000,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.node.create_subscription(Log, "/rosout", self._on_log, rosout)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -273,6 +281,15 @@ class Probe:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception:  # context shut down under us
                 return
+
+    def _on_log(self, msg: Any) -> None:
+        with self._lock:
+            self.logs.append(msg)
+
+    def log_lines(self, words: str, node: str = "classifier") -> list[str]:
+        """The /rosout messages of `node` (its last name) that contain `words`."""
+        with self._lock:
+            return [m.msg for m in self.logs if m.name.split(".")[-1] == node and words in m.msg]
 
     def _on_label_info(self, msg: Any) -> None:
         with self._lock:
@@ -318,6 +335,25 @@ class Probe:
         with self._lock:
             return self.diagnostics[-1] if self.diagnostics else None
 
+    def diagnostics_where(
+        self, check: Callable[[dict[str, str]], Any], timeout: float = 5.0
+    ) -> dict[str, str]:
+        """The first status of the node (from now on, or the latest) for which `check` holds."""
+        return wait_until(lambda: (d := self.latest_diagnostics()) and check(d) and d, timeout)
+
+    def next_diagnostics(
+        self, check: Callable[[dict[str, str]], Any] = bool, timeout: float = 5.0
+    ) -> dict[str, str]:
+        """The first status of the node published after this call for which `check` holds."""
+        with self._lock:
+            seen = len(self.diagnostics)
+
+        def found() -> dict[str, str] | None:
+            with self._lock:
+                return next((d for d in self.diagnostics[seen:] if check(d)), None)
+
+        return wait_until(found, timeout)
+
     def latest_camera_diagnostics(self, camera: str) -> dict[str, str] | None:
         with self._lock:
             found = self.camera_diagnostics.get(camera)
@@ -330,12 +366,20 @@ class Probe:
         self._thread.join(timeout=2.0)
 
 
+#: The last name of each camera's result topic (full frames, ROIs).
+RESULT_TOPICS = ("classification", "classified_detections")
+
+
 def wait_for_outputs(node: Any, timeout: float = 15.0) -> None:
-    """Until every camera's result publisher has matched a subscriber: a reliable message
-    published before that is lost (volatile), so single-shot tests wait for it."""
-    wait_until(
-        lambda: all(c.result_pub.get_subscription_count() > 0 for c in node.cameras), timeout
-    )
+    """Until every result publisher of the node (rclpy's public `Node.publishers`) has matched
+    a subscriber: a reliable message published before that is lost (volatile), so single-shot
+    tests wait for it."""
+
+    def matched() -> bool:
+        results = [p for p in node.publishers if p.topic_name.rsplit("/", 1)[-1] in RESULT_TOPICS]
+        return bool(results) and all(p.get_subscription_count() > 0 for p in results)
+
+    wait_until(matched, timeout)
 
 
 @contextmanager

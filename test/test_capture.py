@@ -18,19 +18,18 @@ from helpers import color_image
 from tl_perception.bag.extract import ExtractOptions, extract
 from tl_perception.bag.plan import LabelSpec
 from tl_perception.bag.writer import write_bag
-from tl_perception.capture import (
-    LOCK_FILE,
-    CaptureConfig,
-    CaptureContext,
-    CaptureError,
-    CaptureItem,
-    HardFrameCapture,
-)
 from tl_perception.cli import main
 from tl_perception.crop import Box, CropPolicy, crop_roi
-from tl_perception.dataset import MANIFEST_FILE, SUMMARY_FILE, read_dataset, read_manifest
-from tl_perception.errors import DatasetError
+from tl_perception.dataset import (
+    LOCK_FILE,
+    MANIFEST_FILE,
+    SUMMARY_FILE,
+    read_dataset,
+    read_manifest,
+)
+from tl_perception.errors import CaptureError, DatasetError
 from tl_perception.images import read_image_file
+from tl_perception.loop.capture import CaptureConfig, CaptureContext, CaptureItem, HardFrameCapture
 
 CONTEXT = CaptureContext("/bundles/colors", "ab" * 32, ("blue", "green", "red"))
 SEC = 1_000_000_000
@@ -258,11 +257,11 @@ def test_the_node_capture_opens_again_after_a_writer_that_outlived_its_close(
     import logging
 
     from tl_perception.bundle import read_bundle
-    from tl_perception.ros.hard_frames import CaptureParams, HardFrames
+    from tl_perception.ros.hard_frames import HardFrames
 
     bundle = read_bundle(color_bundle)
-    params = CaptureParams(str(tmp_path / "cap"), 0.99, 1000, 1000)
-    frames = HardFrames(params, False, logging.getLogger("capture"), close_timeout_s=0.0)
+    config = CaptureConfig(tmp_path / "cap", 0.99, 1000, 1000)
+    frames = HardFrames(config, False, logging.getLogger("capture"), close_timeout_s=0.0)
     frames.open(lambda: bundle)
     big = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
     assert frames.offer(item(0, rgb=big, score=0.1), bundle)
@@ -332,8 +331,8 @@ def test_a_directory_it_may_not_list_is_a_one_line_capture_error(tmp_path: Path)
     directory.chmod(0o300)
     code = (
         "from pathlib import Path\n"
-        "from tl_perception.capture import CaptureConfig, CaptureContext, CaptureError, "
-        "HardFrameCapture\n"
+        "from tl_perception.errors import CaptureError\n"
+        "from tl_perception.loop.capture import CaptureConfig, CaptureContext, HardFrameCapture\n"
         "try:\n"
         f"    HardFrameCapture(CaptureConfig(Path({str(directory)!r}), 0.5), "
         "CaptureContext('/b', 'ab' * 32, ('red',)))\n"
@@ -370,7 +369,7 @@ def test_capture_writes_survive_a_power_cut_fsync_of_images_rows_and_directories
     code = (
         "import numpy as np\n"
         "from pathlib import Path\n"
-        "from tl_perception.capture import CaptureConfig, CaptureContext, CaptureItem, "
+        "from tl_perception.loop.capture import CaptureConfig, CaptureContext, CaptureItem, "
         "HardFrameCapture\n"
         "ctx = CaptureContext('/b', 'ab' * 32, ('red',))\n"
         "with HardFrameCapture(CaptureConfig(Path('cap'), 0.5), ctx) as cap:\n"

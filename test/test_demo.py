@@ -132,7 +132,7 @@ def test_collector_reads_the_nodes_json_classification() -> None:
     from std_msgs.msg import String
 
     from tl_perception.ros.collect import parse_classification
-    from tl_perception.ros.results import classification_json
+    from tl_perception.ros.messages import classification_json
 
     msg = String(data=classification_json(12, 5, "camera", [("yield", 0.2), ("stop", 0.7)]))
     assert parse_classification(msg) == (12_000_000_005, "stop", pytest.approx(0.7))
@@ -212,7 +212,7 @@ def test_collector_reads_classified_detections_in_either_format() -> None:
 
     from tl_perception.crop import Box
     from tl_perception.ros.collect import RoiAnswer, parse_detections
-    from tl_perception.ros.results import RoiResult, detections_json
+    from tl_perception.ros.messages import RoiResult, detections_json
     from tl_perception.ros.rois import Roi
 
     results = [

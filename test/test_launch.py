@@ -17,7 +17,7 @@ import yaml
 from helpers import color_image
 from node_harness import NODE_SCRIPT, REPO, probe, raw_image
 
-from tl_perception.ros.params import CLASS_NAMES, PARAMETERS
+from tl_perception.ros.config import CLASS_NAMES, PARAMETERS
 
 LAUNCH_FILE = REPO / "launch" / "classify.launch.py"
 PARAMS_FILE = REPO / "config" / "classify.yaml"

@@ -138,8 +138,7 @@ def test_diagnostics_report_rates_latency_backend_and_model(
 
 def test_compressed_jpeg_and_png_are_classified(color_bundle: Path) -> None:
     overrides = {**RAW_LABELS, "model_path": str(color_bundle), "image_transport": "compressed"}
-    with node_in_process(overrides, namespace="/jpg") as node, probe(namespace="/jpg") as p:
-        assert node.input_topic == "/jpg/image/compressed"
+    with node_in_process(overrides, namespace="/jpg"), probe(namespace="/jpg") as p:
         p.wait_for_subscriber(p.compressed_pub)
         for fmt, color, sec in (("jpeg", "green", 10), ("png", "blue", 11)):
             rgb = color_image(color, (48, 64), seed=5)
@@ -155,6 +154,7 @@ def test_compressed_jpeg_and_png_are_classified(color_bundle: Path) -> None:
             lambda: (d := p.latest_diagnostics()) and int(d["bad_frames"]) >= 1 and d, 5.0
         )
         assert int(diag["bad_frames"]) == 1 and diag["_level"] == "1"
+        assert diag["input_topic"] == "/jpg/image/compressed"
 
 
 def test_run_time_parameters_change_the_output(color_bundle: Path) -> None:
@@ -265,13 +265,12 @@ def test_qos_auto_hears_a_best_effort_camera(color_bundle: Path) -> None:
 def test_reliable_qos_against_a_best_effort_camera_is_reported(color_bundle: Path) -> None:
     overrides = {**RAW_LABELS, "model_path": str(color_bundle), "qos": "reliable"}
     with (
-        node_in_process(overrides, namespace="/rel") as node,
+        node_in_process(overrides, namespace="/rel"),
         probe(namespace="/rel", reliability=ReliabilityPolicy.BEST_EFFORT) as p,
     ):
-        wait_until(lambda: node.incompatible_qos_events > 0, 10.0)
         diag = wait_until(
             lambda: (d := p.latest_diagnostics()) and d["incompatible_qos_events"] != "0" and d,
-            5.0,
+            15.0,
         )
         assert diag["_level"] == "1"
 
@@ -325,13 +324,20 @@ def test_incompatible_qos_warns_only_while_the_publisher_is_there(color_bundle: 
         "output_format": "json",
     }
     with (
-        node_in_process(overrides, namespace="/qw") as node,
+        node_in_process(overrides, namespace="/qw"),
         probe(
             namespace="/qw", output_format="json", reliability=ReliabilityPolicy.BEST_EFFORT
         ) as p,
     ):
-        wait_until(lambda: node.incompatible_qos_events > 0, 10.0)
-        warned = wait_until(lambda: (d := p.latest_diagnostics()) and d["_level"] == "1" and d, 5.0)
+        warned = wait_until(
+            lambda: (
+                (d := p.latest_diagnostics())
+                and d["incompatible_qos_events"] != "0"
+                and d["_level"] == "1"
+                and d
+            ),
+            15.0,
+        )
         p.node.destroy_publisher(p.image_pub)
         diag = wait_until(lambda: (d := p.latest_diagnostics()) and d["_level"] == "0" and d, 5.0)
         assert diag["incompatible_qos_events"] != "0"  # the history is still counted
@@ -347,23 +353,17 @@ def test_incompatible_qos_warning_ends_once_qos_auto_rematched(color_bundle: Pat
 
     overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
-        node_in_process(overrides, namespace="/qa") as node,
+        node_in_process(overrides, namespace="/qa"),
         probe(namespace="/qa", output_format="json") as p,
     ):
         p.wait_for_subscriber(p.image_pub)
-        wait_until(lambda: node.input_qos.reliability == ReliabilityPolicy.RELIABLE, 5.0)
+        p.diagnostics_where(lambda d: d["input_qos"].startswith("reliable"))
         camera = p.node.create_publisher(
             Image, "/qa/image", QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
         )
-        wait_until(lambda: node.input_qos.reliability == ReliabilityPolicy.BEST_EFFORT, 5.0)
-        if node.incompatible_qos_events == 0:
+        diag = p.diagnostics_where(lambda d: d["input_qos"].startswith("best_effort"))
+        if diag["incompatible_qos_events"] == "0":
             pytest.skip("the re-match won the race with DDS's incompatible-QoS event this time")
-        diag = wait_until(
-            lambda: (
-                (d := p.latest_diagnostics()) and d["input_qos"].startswith("best_effort") and d
-            ),
-            5.0,
-        )
         count = len(p.diagnostics)
         diag = wait_until(lambda: len(p.diagnostics) > count and p.latest_diagnostics(), 5.0)
         assert diag["_level"] == "0", diag
@@ -471,7 +471,7 @@ def test_hot_reload_of_every_broken_bundle_keeps_the_old_model_serving(
     broken["lambda_layer"], lambda_marker = make_lambda_bundle(tmp_path / "lambda")
     overrides = {**RAW_LABELS, "model_path": str(color_bundle), "output_format": "json"}
     with (
-        node_in_process(overrides, namespace="/fuzzhot") as node,
+        node_in_process(overrides, namespace="/fuzzhot"),
         probe(namespace="/fuzzhot", output_format="json") as p,
     ):
         params = _param_client(p, "/fuzzhot/classifier")
@@ -481,12 +481,11 @@ def test_hot_reload_of_every_broken_bundle_keeps_the_old_model_serving(
             if not result.successful:
                 assert "\n" not in result.reason and result.reason, (name, result.reason)
                 outcomes[name] = "refused"
-            else:
-                status = wait_until(
-                    lambda: not node.reload_status.startswith("loading") and node.reload_status,
-                    30.0,
-                )
-                assert status.startswith(f"failed {path}:") and "\n" not in status, (name, status)
+            else:  # the node says so at once on /rosout (and in /diagnostics, 1 Hz)
+                failed = f"hot reload of {str(path)!r} failed: "
+                lines = wait_until(lambda f=failed: p.log_lines(f), 30.0)
+                assert len(lines) == 1 and "\n" not in lines[0], (name, lines)
+                assert lines[0].endswith(f"; still serving {str(color_bundle)!r}"), lines
                 outcomes[name] = "failed"
             assert _get_remote(params, "serving_model_path") == [str(color_bundle)], name
             if i % 8 == 0:
@@ -497,9 +496,8 @@ def test_hot_reload_of_every_broken_bundle_keeps_the_old_model_serving(
         assert _get_remote(params, "class_names") == [["red", "green", "blue"]]
         green = lambda s: raw_image(color_image("green"), "rgb8", s)  # noqa: E731
         assert p.publish_until_result(green, p.image_pub, 999)["results"][0]["class_id"] == "green"
-        diag = wait_until(
-            lambda: (d := p.latest_diagnostics()) and d["model_reload"].startswith("failed") and d,
-            5.0,
-        )
+        last = next(reversed([path for name, path in broken.items() if outcomes[name] == "failed"]))
+        diag = p.diagnostics_where(lambda d: d["model_reload"].startswith(f"failed {last}: "))
         assert diag["model"] == str(color_bundle) and diag["_level"] == "1"
+        assert "\n" not in diag["model_reload"]
     assert not marker.exists() and not lambda_marker.exists(), "a broken bundle ran code"

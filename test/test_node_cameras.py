@@ -34,10 +34,6 @@ def test_two_cameras_publishing_at_once_get_their_own_results(color_bundle: Path
         node_in_process(overrides, namespace="/two") as node,
         probe(namespace="/two", cameras=["front", "rear"]) as p,
     ):
-        assert [c.image_topic(node) for c in node.cameras] == [
-            "/two/front/image",
-            "/two/rear/image",
-        ]
         front, rear = p.cameras["front"], p.cameras["rear"]
         p.wait_for_subscriber(front.image_pub)
         p.wait_for_subscriber(rear.image_pub)
@@ -66,10 +62,14 @@ def test_two_cameras_publishing_at_once_get_their_own_results(color_bundle: Path
             lambda: (d := p.latest_diagnostics()) and d["processed_frames"] != "0" and d, 5.0
         )
         assert diag["cameras"] == "front, rear" and diag["_level"] == "0"
-        for name in ("front", "rear"):
-            cam = wait_until(lambda n=name: p.latest_camera_diagnostics(n), 5.0)
-            assert cam["input_topic"] == f"/two/{name}/image"
-            assert int(cam["processed_frames"]) + int(cam["dropped_frames"]) == 20
+        for name in ("front", "rear"):  # a status after the last frames: all 20 accounted for
+
+            def done(n: str = name) -> dict[str, str] | None:
+                cam = p.latest_camera_diagnostics(n)
+                dealt = cam and int(cam["processed_frames"]) + int(cam["dropped_frames"])
+                return cam if dealt == 20 else None
+
+            assert wait_until(done, 5.0)["input_topic"] == f"/two/{name}/image"
 
 
 def test_rois_of_all_cameras_go_through_one_batched_inference(color_bundle: Path) -> None:
@@ -143,10 +143,9 @@ def test_a_bad_frame_warns_only_its_own_camera(color_bundle: Path) -> None:
         "output_format": "json",
     }
     with (
-        node_in_process(overrides, namespace="/bad") as node,
+        node_in_process(overrides, namespace="/bad"),
         probe(namespace="/bad", cameras=["a", "b"], output_format="json") as p,
     ):
-        assert node.cameras[1].image_topic(node) == "/bad/b/image/compressed"
         a, b = p.cameras["a"], p.cameras["b"]
         p.wait_for_subscriber(a.compressed_pub)
         p.wait_for_subscriber(b.compressed_pub)
@@ -158,7 +157,7 @@ def test_a_bad_frame_warns_only_its_own_camera(color_bundle: Path) -> None:
         warned = wait_until(
             lambda: (d := p.latest_camera_diagnostics("b")) and d["_level"] == "1" and d, 10.0
         )
-        assert warned["bad_frames"] == "1"
+        assert warned["bad_frames"] == "1" and warned["input_topic"] == "/bad/b/image/compressed"
         a_diag = p.latest_camera_diagnostics("a")
         assert a_diag is not None and (a_diag["_level"], a_diag["bad_frames"]) == ("0", "0")
         node_diag = wait_until(

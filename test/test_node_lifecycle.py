@@ -131,7 +131,7 @@ def test_autostart_false_walks_every_transition_over_dds(
     """unconfigured -> inactive -> active -> inactive -> active -> inactive -> unconfigured ->
     finalized, with what each state promises checked from outside."""
     other = copy_bundle(color_bundle, tmp_path / "copy")  # the same classes at another path
-    reloads_before = _threads("reload")
+    reloads_before, workers_before = _threads("reload"), _threads("classify")
     overrides = {"model_path": str(color_bundle), "autostart": False}
     with node_in_process(overrides, namespace="/lc") as node, probe(namespace="/lc") as p:
         m = Managed(p, "/lc/classifier")
@@ -163,14 +163,14 @@ def test_autostart_false_walks_every_transition_over_dds(
         p.wait_for_subscriber(p.image_pub)
         red = lambda s: raw_image(color_image("red"), "rgb8", s)  # noqa: E731
         assert p.publish_until_result(red, p.image_pub, 10)["results"][0]["class_id"] == "red"
-        assert node.worker_alive
+        assert _threads("classify") == workers_before + 1  # the one worker, running
         m.diagnostics(lambda d: d["lifecycle_state"] == "active" and d["processed_frames"] != "0")
 
         # deactivate: the subscription and the outputs go away, frames are ignored
         assert m.change(DEACTIVATE) and m.state() == "inactive"
         wait_until(lambda: _subscribed(p, "/lc/image") == 0, 10.0)
         wait_until(lambda: _published(p, "/lc/classification") == 0, 10.0)
-        assert not node.worker_alive
+        assert _threads("classify") == workers_before
         _no_answer(p, range(20, 23))
         assert m.param("class_names") == ["red", "green", "blue"]  # the model is kept
 
@@ -188,7 +188,7 @@ def test_autostart_false_walks_every_transition_over_dds(
 
         # shutdown from unconfigured
         assert m.change(SHUTDOWN_FROM["unconfigured"]) and m.state() == "finalized"
-        assert node.lifecycle_state == "finalized" and not node.worker_alive
+        assert node.lifecycle_state == "finalized" and _threads("classify") == workers_before
     log = capfd.readouterr()
     text = log.out + log.err
     loads = [line for line in text.splitlines() if f"loaded {color_bundle} (" in line]
@@ -201,8 +201,9 @@ def test_a_broken_bundle_fails_configure_with_the_reason_and_the_node_recovers(
 ) -> None:
     broken = copy_bundle(color_bundle, tmp_path / "broken")
     truncated_zip(broken, random.Random(3))
+    workers_before = _threads("classify")
     overrides = {"model_path": str(broken), "autostart": False}
-    with node_in_process(overrides, namespace="/lcb") as node, probe(namespace="/lcb") as p:
+    with node_in_process(overrides, namespace="/lcb"), probe(namespace="/lcb") as p:
         m = Managed(p, "/lcb/classifier")
         assert not m.change(CONFIGURE)
         assert m.state() == "unconfigured"  # alive, answering, and unconfigured
@@ -228,7 +229,7 @@ def test_a_broken_bundle_fails_configure_with_the_reason_and_the_node_recovers(
         green = lambda s: raw_image(color_image("green"), "rgb8", s)  # noqa: E731
         assert p.publish_until_result(green, p.image_pub, 5)["results"][0]["class_id"] == "green"
         assert m.change(SHUTDOWN_FROM["active"]) and m.state() == "finalized"
-        assert not node.worker_alive
+        assert _threads("classify") == workers_before
         wait_until(lambda: _subscribed(p, "/lcb/image") == 0, 10.0)
         assert m.param("class_names") == []
 

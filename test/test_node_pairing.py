@@ -12,12 +12,14 @@ from types import SimpleNamespace
 import pytest
 
 from tl_perception.crop import Box, CropPolicy
+from tl_perception.errors import RoiConfigError
 from tl_perception.ros.budget import share_budget
+from tl_perception.ros.handoff import LatestFrames
 from tl_perception.ros.labels import stream_keys
+from tl_perception.ros.messages import RoiResult, detections_json
 from tl_perception.ros.pairing import StampPairer
-from tl_perception.ros.results import RoiResult, detections_json
-from tl_perception.ros.rois import EXACT_POLICY, Roi, RoiConfigError, fixed_rois, policy_for
-from tl_perception.ros.stats import LatestFrames, Throttle
+from tl_perception.ros.rois import EXACT_POLICY, Roi, fixed_rois, policy_for
+from tl_perception.ros.throttle import Throttle
 
 MS = 1_000_000
 

@@ -11,19 +11,14 @@ import pytest
 from helpers import color_image
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from tl_perception.errors import NodeConfigError
 from tl_perception.ros import qos as qos_rules
-from tl_perception.ros.messages import NodeConfigError, resolve_output_format
+from tl_perception.ros.config import PARAMETERS
+from tl_perception.ros.handoff import LatestFrameSlot
+from tl_perception.ros.messages import classification_json, resolve_output_format
 from tl_perception.ros.overlay import draw_overlay
-from tl_perception.ros.params import PARAMETERS, descriptor
-from tl_perception.ros.results import classification_json, select_hypotheses
-from tl_perception.ros.stats import FrameStats, LatestFrameSlot, percentile
-
-
-def test_select_hypotheses_keeps_best_first_top_k_above_threshold() -> None:
-    ranked = [("green", 0.2), ("red", 0.7), ("blue", 0.1)]
-    assert select_hypotheses(ranked, 2, 0.0) == [("red", 0.7), ("green", 0.2)]
-    assert select_hypotheses(ranked, 5, 0.15) == [("red", 0.7), ("green", 0.2)]
-    assert select_hypotheses(ranked, 5, 0.9) == []
+from tl_perception.ros.params import descriptor
+from tl_perception.ros.stats import FrameStats, percentile
 
 
 def test_classification_json_mirrors_vision_msgs_field_names() -> None:
@@ -229,22 +224,23 @@ def test_a_worker_whose_cycle_outlives_stop_is_resumed_never_doubled() -> None:
     second classification thread beside it: the first goes on instead."""
     import logging
 
-    from tl_perception.ros.pipeline import Pipeline, PipelineContext, Settings, Worker
-    from tl_perception.ros.stats import LatestFrames
+    from tl_perception.ros.config import NodeConfig
+    from tl_perception.ros.handoff import LatestFrames
+    from tl_perception.ros.pipeline import Pipeline, PipelineContext, Worker
 
     gate, inside = threading.Event(), threading.Event()
 
-    def settings() -> Settings:  # the worker's first read of the settings takes long
+    def config() -> NodeConfig:  # the worker's first read of the config takes long
         inside.set()
         gate.wait(10.0)
-        return Settings()
+        return NodeConfig()
 
     def workers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "classify" and t not in before]
 
     before = set(threading.enumerate())
-    context = PipelineContext(lambda: None, settings, lambda: 0, logging.getLogger("worker"))
-    worker = Worker(Pipeline([], LatestFrames(1), context), lambda: 0.0)
+    context = PipelineContext(lambda: None, config, lambda: 0, logging.getLogger("worker"))
+    worker = Worker(Pipeline([], LatestFrames(1), context))
     worker.start()
     assert inside.wait(10.0)
     assert not worker.stop(timeout=0.05)  # still in its cycle
@@ -256,3 +252,45 @@ def test_a_worker_whose_cycle_outlives_stop_is_resumed_never_doubled() -> None:
     assert len(workers()) == 1 and worker.is_alive()
     assert worker.stop(timeout=5.0) and not worker.is_alive()
     assert workers() == []
+
+
+def test_roi_and_pairing_counters_have_their_documented_diagnostics_keys() -> None:
+    """The counters test_pipeline.py proves per camera are published under these names."""
+    from tl_perception.ros.diagnostics import CameraReport, PairingPeriod, camera_values
+    from tl_perception.ros.pairing import PairCounts
+    from tl_perception.ros.stats import FrameStats, RoiSnapshot
+
+    rois = RoiSnapshot(
+        boxes=9,
+        classified=5,
+        published=4,
+        background=1,
+        over_max=3,
+        rejected={"invalid": 1, "over_budget": 2},
+        duplicate_ids=2,
+        frame_id_mismatches=2,
+        frame_id_refused=1,
+    )
+    report = CameraReport(
+        "a",
+        FrameStats().snapshot(),
+        "/a/image",
+        "reliable",
+        0,
+        rois=rois,
+        pairing=PairingPeriod(PairCounts(paired=7)),
+    )
+    values = camera_values(report)
+    assert {k: values[k] for k in values if k.startswith(("rois_", "frame_id_"))} == {
+        "rois_received": "9",
+        "rois_classified": "5",
+        "rois_published": "4",
+        "rois_background": "1",
+        "rois_over_max": "3",
+        "rois_duplicate_ids": "2",
+        "rois_rejected_invalid": "1",
+        "rois_rejected_over_budget": "2",
+        "frame_id_mismatches": "2",
+        "frame_id_refused": "1",
+    }
+    assert values["paired_frames"] == "7"

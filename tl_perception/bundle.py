@@ -10,14 +10,13 @@ that the network's shapes match the metadata.
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
-from tl_perception.crop import CropError, CropPolicy
+from tl_perception.crop import CropError, CropPolicy, is_number
 from tl_perception.errors import BundleError, one_line
 from tl_perception.fsutil import atomic_write_json, staged_directory
 
@@ -225,7 +224,7 @@ def _temperature(meta: Mapping[str, Any], meta_path: Path) -> float | None:
     if not isinstance(calibration, dict):
         raise BundleError(f"{meta_path}: 'calibration' must be an object")
     value = calibration.get("temperature")
-    if not _is_number(value) or value <= 0:
+    if not is_number(value) or value <= 0:
         raise BundleError(
             f"{meta_path}: calibration: temperature must be a positive number, got "
             f"{one_line(repr(value), 80)}"
@@ -243,17 +242,12 @@ def _unknown_threshold(meta: Mapping[str, Any], meta_path: Path) -> float | None
     value = record["value"]
     if value is None:
         return None
-    if not _is_number(value) or not 0.0 <= value <= 1.0:
+    if not is_number(value) or not 0.0 <= value <= 1.0:
         raise BundleError(
             f"{meta_path}: unknown_threshold: value must be a number in [0, 1] or null, got "
             f"{one_line(repr(value), 80)}"
         )
     return float(value)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    """A finite JSON number (true and false are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def bundle_meta(

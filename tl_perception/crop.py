@@ -29,7 +29,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -159,31 +159,46 @@ class CropPolicy:
 def _check_fields(data: Mapping[str, Any], where: str) -> None:
     """One line per kind of bad value; shared by the constructor and `from_dict`."""
     version = data["version"]
-    if not _is_int(version) or version != POLICY_VERSION:
+    if not is_int(version) or version != POLICY_VERSION:
         raise CropError(f"{where}: version {version!r} unknown; this tl_perception reads 1")
     context = data["context"]
-    if not _is_number(context) or not 0.0 <= context <= MAX_CONTEXT:
+    if not is_number(context) or not 0.0 <= context <= MAX_CONTEXT:
         raise CropError(f"{where}: context must be a number in [0, {MAX_CONTEXT}], got {context!r}")
     if not isinstance(data["square"], bool):
         raise CropError(f"{where}: square must be true or false, got {data['square']!r}")
     if data["fill"] not in FILLS:
         raise CropError(f"{where}: fill must be one of {', '.join(FILLS)}, got {data['fill']!r}")
     value = data["fill_value"]
-    if not _is_int(value) or not 0 <= value <= 255:
+    if not is_int(value) or not 0 <= value <= 255:
         raise CropError(f"{where}: fill_value must be an integer 0-255, got {value!r}")
     min_box = data["min_box"]
-    if not _is_number(min_box) or min_box < 0:
+    if not is_number(min_box) or min_box < 0:
         raise CropError(f"{where}: min_box must be a number of pixels >= 0, got {min_box!r}")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
+    """An integer of a file format or parameter (true and false are not integers here)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
+    """A finite number of a file format or parameter (true and false are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return math.isfinite(value)
+
+
+def policy_record(policy: CropPolicy | None) -> dict[str, Any] | None:
+    """The `crop_policy` value of dataset.json and bundle.json: null for whole frames."""
+    return policy.to_dict() if policy is not None else None
+
+
+def describe_policy(policy: CropPolicy | None) -> str:
+    """For logs and one-line errors: `whole frames` or `crops cut with context 0.1, ...`."""
+    if policy is None:
+        return "whole frames"
+    fields = ", ".join(f"{k} {v}" for k, v in policy.to_dict().items() if k != "version")
+    return f"crops cut with {fields}"
 
 
 def _round_half_up(value: float) -> int:

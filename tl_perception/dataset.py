@@ -19,12 +19,15 @@ original label.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import itertools
 import json
 import math
+import os
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_perception.crop import CropError, CropPolicy
-from tl_perception.errors import DatasetError, one_line
+from tl_perception.errors import DatasetError, DirectoryLockError, one_line
 from tl_perception.fsutil import atomic_open, atomic_write_json
 
 FORMAT = "tl_perception.dataset"
@@ -595,7 +598,88 @@ def _samples_from_manifest(root: Path, rows: list[dict[str, str]]) -> list[Sampl
     return samples
 
 
-#: Columns a hard frame captured by the node fills (`tl_perception.capture`; empty otherwise): the
-#: camera it came from, the class the model predicted, its best score, and the first 12 hex digits
-#: of the SHA-256 of the bundle's model.keras that made the prediction.
+#: Columns a hard frame captured by the node fills (`tl_perception.loop.capture`; empty
+#: otherwise): the camera it came from, the class the model predicted, its best score, and the
+#: first 12 hex digits of the SHA-256 of the bundle's model.keras that made the prediction.
 CAPTURE_COLUMNS: tuple[str, ...] = ("camera", "predicted", "score", "model")
+
+
+# --- the directory lock -------------------------------------------------------------------------
+#: The lock file of a dataset directory someone is rewriting (a capture, `label`, `merge`).
+LOCK_FILE = ".tl_perception.lock"
+
+
+class DirectoryLock:
+    """An exclusive `flock` on `DIR/.tl_perception.lock`: one writer per dataset directory.
+
+    Held by a running capture and by `label` and `merge`, so labels are never applied to a
+    directory the node is still rewriting. The kernel drops it when the process dies, so a crash
+    leaves no stale lock; the file is removed on release (after checking that it is still the one
+    we locked).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; DirectoryLockError when another process holds it (OSError when the
+        lock file cannot be created)."""
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise DirectoryLockError(
+                    f"{str(self.path.parent)!r} is in use by another capture or label run "
+                    f"(pid {self._holder()}); stop it first or choose another directory"
+                ) from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, str(os.getpid()).encode())
+                    self._fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # removed by its previous holder meanwhile: lock the new file
+        raise DirectoryLockError(f"cannot lock {str(self.path)!r}: it keeps being replaced")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+
+@contextlib.contextmanager
+def locked(root: Path, *, read_only: bool = False) -> Iterator[None]:
+    """Hold `DirectoryLock(root)` for a block (DirectoryLockError when someone else holds it).
+
+    `read_only`: the block only reads `root`; where no lock file can be created (read-only
+    media), no capture can be writing there either, so it runs unlocked.
+    """
+    if not root.is_dir():
+        raise DatasetError(f"{str(root)!r} does not exist or is not a directory")
+    lock = DirectoryLock(root)
+    try:
+        lock.acquire()
+    except OSError as err:
+        if not read_only:
+            raise DirectoryLockError(f"cannot lock {str(root)!r}: {one_line(err)}") from err
+    try:
+        yield
+    finally:
+        lock.release()  # a no-op when it was never acquired

@@ -1,4 +1,9 @@
-"""One small exception hierarchy: the CLI turns any of these into one line and exit code 2."""
+"""One small exception hierarchy: the CLI turns any of these into one line and exit code 2.
+
+Each subsystem raises its own type, so a caller can catch what it can handle (the node turns a
+`CaptureError` into "capture off", a `NodeConfigError` into a refused parameter set) and every
+other layer still sees a `TlPerceptionError`.
+"""
 
 
 class TlPerceptionError(Exception):
@@ -17,12 +22,28 @@ class DatasetError(TlPerceptionError):
     """A dataset directory or image tree cannot be used."""
 
 
+class DirectoryLockError(DatasetError):
+    """A dataset directory another capture or label run holds, or one that cannot be locked."""
+
+
 class BagError(TlPerceptionError):
     """A bag cannot be read, or lacks what was asked of it."""
 
 
 class TrainingError(TlPerceptionError):
     """Training options or backbones that cannot work together."""
+
+
+class CaptureError(TlPerceptionError):
+    """A capture that cannot start: bad settings, or a directory that is not ours to write."""
+
+
+class NodeConfigError(TlPerceptionError):
+    """A node parameter holds a value the node cannot work with."""
+
+
+class RoiConfigError(NodeConfigError):
+    """A `rois` parameter value that does not describe boxes."""
 
 
 def one_line(err: object, limit: int = 600) -> str:

@@ -29,15 +29,18 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
+from tl_perception.crop import is_int, is_number
 from tl_perception.errors import TlPerceptionError
 
-SMOOTHING_MODES: tuple[str, ...] = ("none", "ema")
+SmoothingMode = Literal["none", "ema"]
+SMOOTHING_MODES: tuple[str, ...] = get_args(SmoothingMode)
 
 # The defaults, chosen from bench/bench_smoothing.py (docs/performance.md gives the table).
-DEFAULT_MODE = "ema"
+DEFAULT_MODE: SmoothingMode = "ema"
 DEFAULT_ALPHA = 0.5
 DEFAULT_SWITCH_FRAMES = 2
 DEFAULT_TRACK_TIMEOUT_S = 1.0
@@ -55,7 +58,7 @@ class SmoothingConfig:
     both modes, so ``mode="none", switch_frames=3`` is hysteresis on raw scores.
     """
 
-    mode: str = DEFAULT_MODE
+    mode: SmoothingMode = DEFAULT_MODE
     alpha: float = DEFAULT_ALPHA
     switch_frames: int = DEFAULT_SWITCH_FRAMES
     track_timeout_s: float = DEFAULT_TRACK_TIMEOUT_S
@@ -66,35 +69,24 @@ class SmoothingConfig:
             raise TlPerceptionError(
                 f"smoothing must be one of {', '.join(SMOOTHING_MODES)}; got {self.mode!r}"
             )
-        if not _is_real(self.alpha) or not 0.0 < self.alpha <= 1.0:
+        if not is_number(self.alpha) or not 0.0 < self.alpha <= 1.0:
             raise TlPerceptionError(f"smoothing_alpha must be in (0, 1]; got {self.alpha!r}")
-        frames: object = self.switch_frames  # checked as a value from outside
-        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        if not is_int(self.switch_frames) or self.switch_frames < 1:
             raise TlPerceptionError(
                 f"switch_frames must be an integer >= 1; got {self.switch_frames!r}"
             )
-        if not _is_real(self.track_timeout_s) or not self.track_timeout_s > 0.0:
+        if not is_number(self.track_timeout_s) or not self.track_timeout_s > 0.0:
             raise TlPerceptionError(
                 f"track_timeout_s must be a positive number of seconds; got "
                 f"{self.track_timeout_s!r}"
             )
-        tracks: object = self.max_tracks
-        if isinstance(tracks, bool) or not isinstance(tracks, int) or tracks < 1:
+        if not is_int(self.max_tracks) or self.max_tracks < 1:
             raise TlPerceptionError(f"max_tracks must be an integer >= 1; got {self.max_tracks!r}")
 
     @property
     def passes_through(self) -> bool:
         """True when `update` returns its input unchanged (no EMA, no hysteresis)."""
         return self.mode == "none" and self.switch_frames == 1
-
-
-def _is_real(value: object) -> bool:
-    """A finite int or float, not a bool (True would pass as 1.0 otherwise)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 @dataclass(frozen=True)

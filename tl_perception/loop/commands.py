@@ -69,9 +69,9 @@ def run_label(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from tl_perception.bag.progress import summary_table
-    from tl_perception.capture import CAPTURE_GAP_S
     from tl_perception.dataset import SPLITS
     from tl_perception.loop.merge import merge
+    from tl_perception.loop.store import CAPTURE_GAP_S
 
     gap = CAPTURE_GAP_S if args.gap is None else args.gap
     report = merge(args.captures, args.into, gap_s=gap)

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_perception.capture import locked
 from tl_perception.dataset import (
     SPLITS,
     UNLABELED_DIR,
@@ -32,6 +31,7 @@ from tl_perception.dataset import (
     is_empty_label,
     is_image_file,
     labels_to_dirs,
+    locked,
     safe_class_dir,
 )
 from tl_perception.errors import DatasetError, one_line

@@ -2,7 +2,7 @@
 
 Captured images come in bursts of near-identical frames (the model stays unsure about one sign
 for a while), so they are grouped first: one track's crops, or one camera's frames whose stamps
-are at most `gap_s` apart (`capture.RunTracker`, the rule the capture itself names sequences by).
+are at most `gap_s` apart (`loop.store.RunTracker`, the rule the capture itself names sequences by).
 Each group then goes wholly into one split, by the dataset's own split fractions and seed
 (`bag.splits.assign_splits`, as `extract --append` places new sequences); a group holding an
 exact copy of an image already in the dataset goes to that image's split. Images whose pixels
@@ -26,14 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_perception.bag.splits import assign_splits
-from tl_perception.capture import (
-    CAPTURE_GAP_S,
-    RunTracker,
-    capture_record,
-    content_digest,
-    locked,
-)
-from tl_perception.crop import CropPolicy
+from tl_perception.crop import describe_policy, policy_record
 from tl_perception.dataset import (
     SPLITS,
     class_dirs,
@@ -41,11 +34,13 @@ from tl_perception.dataset import (
     is_empty_label,
     is_image_file,
     labels_to_dirs,
+    locked,
     read_dataset,
 )
 from tl_perception.errors import DatasetError, one_line
 from tl_perception.fsutil import atomic_write_bytes
 from tl_perception.loop.datasets import open_for_update, write_back
+from tl_perception.loop.store import CAPTURE_GAP_S, RunTracker, capture_record, content_digest
 
 Row = dict[str, str]
 
@@ -91,9 +86,9 @@ def merge(
     """Add the labelled images of capture directories `sources` to the dataset `into`.
 
     Raises:
-        DatasetError, CaptureError: a source that is no capture, has no labelled image, is being
-            written, or was cut with another crop policy; a target that cannot be extended; a
-            failed copy (what was copied is removed again).
+        DatasetError: a source that is no capture, has no labelled image, is being written
+            (`DirectoryLockError`), or was cut with another crop policy; a target that cannot
+            be extended; a failed copy (what was copied is removed again).
     """
     target = Path(into).expanduser().resolve()
     roots = [Path(s).expanduser().resolve() for s in sources]
@@ -142,10 +137,11 @@ def _open_capture(root: Path, target_summary: Mapping[str, Any], target: Path) -
     read_dataset(root)  # every listed image is there
     ours = crop_policy_of(target_summary, str(target))
     theirs = crop_policy_of(summary, str(root))
-    if _record(ours) != _record(theirs):
+    if policy_record(ours) != policy_record(theirs):
         raise DatasetError(
-            f"capture {str(root)!r} holds {_what(theirs)}, --into {str(target)!r} "
-            f"{_what(ours)}; one dataset has one crop policy: capture with a model trained on it"
+            f"capture {str(root)!r} holds {describe_policy(theirs)}, --into {str(target)!r} "
+            f"{describe_policy(ours)}; one dataset has one crop policy: capture with a model "
+            "trained on it"
         )
     if all(is_empty_label(row.get("label")) for row in rows):
         raise DatasetError(
@@ -153,18 +149,6 @@ def _open_capture(root: Path, target_summary: Mapping[str, Any], target: Path) -
             "first with `tl-perception label`"
         )
     return _Capture(root, str(record["source"]), rows)
-
-
-def _record(policy: CropPolicy | None) -> dict[str, Any] | None:
-    return policy.to_dict() if policy is not None else None
-
-
-def _what(policy: CropPolicy | None) -> str:
-    if policy is None:
-        return "whole frames"
-    return "crops cut with " + ", ".join(
-        f"{k} {v}" for k, v in policy.to_dict().items() if k != "version"
-    )
 
 
 def _plan(

@@ -3,10 +3,12 @@
 The node makes one `Camera` per name in `cameras` (or one unnamed camera on `image`). A camera
 owns everything that is per camera: the input subscriptions (image, and detections in
 `roi_source:=detections`) with their QoS rule, the pairing of images with detections, its
-latest-frame slot on the shared `LatestFrames` board, its output publishers, and its counters
-for `/diagnostics`. `open` creates the subscriptions and publishers and `close` destroys them,
-so a lifecycle node can call them from activate and deactivate; nothing else here touches the
-graph. The processing of frames lives in `pipeline.py`.
+latest-frame slot on the shared `LatestFrames` board, its output publishers, its counters for
+`/diagnostics` and its log throttle (`warn`, `warn_once`). `open` creates the subscriptions and
+publishers and `close` destroys them, so a lifecycle node can call them from activate and
+deactivate; nothing else here touches the graph. The processing of frames lives in
+`pipeline.py`; a camera that was never opened still takes frames through `on_image` and
+`on_detections`, which is how the graph-free tests drive it.
 
 All topic names are relative (`N/image`, `N/classification`, ...), so namespaces and remaps
 apply as usual.
@@ -15,38 +17,35 @@ apply as usual.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile, qos_policy_name_from_kind
-from rclpy.subscription import Subscription
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 
-try:  # Iron and newer
-    from rclpy.event_handler import SubscriptionEventCallbacks
-except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks
-
 from tl_perception.crop import REASONS
+from tl_perception.errors import NodeConfigError, one_line
 from tl_perception.ros import qos as qos_rules
 from tl_perception.ros.budget import OVER_BUDGET
+from tl_perception.ros.config import NodeConfig, QosMode, Transport
 from tl_perception.ros.diagnostics import CameraReport, PairingPeriod
-from tl_perception.ros.messages import classification_type, detections_type
+from tl_perception.ros.handoff import LatestFrames
+from tl_perception.ros.messages import OutputFormat, classification_type, detections_type
 from tl_perception.ros.pairing import Pair, PairCounts, StampPairer
+from tl_perception.ros.qos import AutoQosInput
 from tl_perception.ros.rois import frame_ids_differ
-from tl_perception.ros.stats import FrameStats, LatestFrames, RoiStats
-from tl_perception.stamps import stamp_to_ns
+from tl_perception.ros.stats import FrameStats, RoiStats
+from tl_perception.ros.throttle import Throttle
+from tl_perception.stamps import SEC, stamp_to_ns
 
 OUTPUT_QOS = QoSProfile(depth=10)
 OVERLAY_DEPTH = 2
-#: Unpaired messages are logged at most this often per camera (with the counts in between).
-UNPAIRED_LOG_PERIOD_S = 5.0
-#: Image stamps that jump back are logged at most this often per camera (a looping bag).
-JUMP_LOG_PERIOD_S = 5.0
+#: A camera logs each kind of repeated warning (bad frames, unpaired messages, stamps that jump
+#: back, ROIs over a limit) at most this often, with the counts in between where it has them.
+LOG_PERIOD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,83 +75,44 @@ class CameraTopics:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """The node parameters that shape every camera (read once, at start-up)."""
+    """The parameters that shape every camera: all read-only, so fixed per configuration."""
 
-    transport: str  # raw | compressed
-    qos_mode: str  # qos.QOS_MODES
-    roi_source: str  # rois.ROI_SOURCES
-    output_format: str  # vision_msgs | json
+    transport: Transport
+    qos_mode: QosMode
+    output_format: OutputFormat
+    crops_rois: bool = False  # ROI mode: results on classified_detections
+    pairs_detections: bool = False  # roi_source detections: a pairer, a detections input
     sync_tolerance_ns: int = 0
     sync_queue: int = 10
 
-
-class AutoQosInput:
-    """One input subscription under the node's `qos` rule.
-
-    `auto` starts best effort / volatile (hears any publisher) and `match` re-subscribes with
-    what all publishers offer, like `ros2 bag record`; an incompatible-QoS event is counted and
-    logged with the policy's name, and `incompatible_now` asks the graph whether such a
-    publisher is there *now*.
-    """
-
-    def __init__(self, msg_type: type, topic: str, callback: Any, mode: str) -> None:
-        self.msg_type = msg_type
-        self.topic = topic  # fully resolved
-        self.mode = mode
-        self.profile = qos_rules.preset_profile(mode)
-        self.incompatible_events = 0
-        self._callback = callback
-        self._subscription: Subscription | None = None
-
-    def open(self, node: Node, reason: str) -> None:
-        self.close(node)
-        self._subscription = node.create_subscription(
-            self.msg_type,
-            self.topic,
-            self._callback,
-            self.profile,
-            event_callbacks=SubscriptionEventCallbacks(
-                incompatible_qos=lambda event: self._on_incompatible(node, event)
-            ),
+    @classmethod
+    def of(cls, config: NodeConfig, output_format: OutputFormat) -> CameraConfig:
+        return cls(
+            transport=config.image_transport,
+            qos_mode=config.qos,
+            output_format=output_format,
+            crops_rois=config.crops_rois,
+            pairs_detections=config.pairs_detections,
+            sync_tolerance_ns=round(config.sync_tolerance_s * SEC),
+            sync_queue=config.sync_queue,
         )
-        node.get_logger().info(
-            f"subscribed {self.topic} ({self.msg_type.__name__}) with QoS "
-            f"[{qos_rules.describe(self.profile)}] ({reason})"
-        )
-
-    def close(self, node: Node) -> None:
-        if self._subscription is not None:
-            node.destroy_subscription(self._subscription)
-            self._subscription = None
 
     @property
-    def is_open(self) -> bool:
-        return self._subscription is not None
+    def compressed(self) -> bool:
+        return self.transport == "compressed"
 
-    def match(self, node: Node) -> None:
-        """`qos:=auto`: follow the publishers' reliability/durability."""
-        if self.mode != "auto" or not self.is_open:
-            return
-        offered = self.offered(node)
-        wanted = qos_rules.match_publishers(offered)
-        if wanted is not None and not qos_rules.same_policies(wanted, self.profile):
-            self.profile = wanted
-            self.open(node, reason=f"qos:=auto matched {len(offered)} publisher(s)")
 
-    def offered(self, node: Node) -> list[Any]:
-        return [info.qos_profile for info in node.get_publishers_info_by_topic(self.topic)]
-
-    def incompatible_now(self, node: Node) -> int:
-        return qos_rules.count_incompatible(self.offered(node), self.profile)
-
-    def _on_incompatible(self, node: Node, event: Any) -> None:
-        self.incompatible_events += 1
-        policy = qos_policy_name_from_kind(event.last_policy_kind)
-        node.get_logger().warning(
-            f"a publisher on {self.topic} offers a QoS incompatible with this node's "
-            f"[{qos_rules.describe(self.profile)}]: policy {policy}; no messages arrive from it. "
-            "Use qos:=auto, or match the publisher (e.g. qos:=sensor_data for best effort)."
-        )
+def check_camera_names(node: Node, names: Sequence[str]) -> None:
+    """NodeConfigError unless every `cameras` name makes valid relative topic names."""
+    for name in names:
+        try:
+            if not name or name.startswith(("/", "~")):
+                raise ValueError("must be a relative name")
+            node.resolve_topic_name(f"{name}/image")
+        except Exception as err:  # rclpy raises its own validation errors
+            raise NodeConfigError(
+                f"parameter cameras: {name!r} is not a usable camera name ({one_line(err)})"
+            ) from err
 
 
 class Camera:
@@ -169,16 +129,18 @@ class Camera:
         name: str,
         config: CameraConfig,
         frames: LatestFrames[Any],
+        logger: Any,
         must_match: Callable[[], bool] = lambda: True,
     ) -> None:
         self.index = index
         self.name = name
         self.config = config
+        self.logger = logger  # any object with info, warning and error (the node's)
         self.topics = CameraTopics.of(name)
         self.stats = FrameStats()
-        self.rois = RoiStats((*REASONS, OVER_BUDGET)) if config.roi_source != "full_frame" else None
+        self.rois = RoiStats((*REASONS, OVER_BUDGET)) if config.crops_rois else None
         self.pairer: StampPairer[Any, Any] | None = None
-        if config.roi_source == "detections":
+        if config.pairs_detections:
             self.pairer = StampPairer(config.sync_tolerance_ns, config.sync_queue)
         self.detections_received = 0
         self._frames = frames
@@ -189,29 +151,32 @@ class Camera:
         self.overlay_pub: Publisher | None = None
         self._pair_last = PairCounts()
         self._mismatches_last = 0
-        self._unpaired_log = _UnpairedLog()
+        self._unpaired = _Unpaired()
         self._lock = threading.Lock()
         self._warned: set[str] = set()  # `warn_once` keys (worker and timer threads)
-        self._jump_logged = -JUMP_LOG_PERIOD_S
-        self.logger: Any = None  # the node's, set by `open` (jumps are logged from callbacks)
+        self._throttle = Throttle(LOG_PERIOD_S)
+
+    @property
+    def label(self) -> str:
+        """The camera's name in log lines."""
+        return self.name or "(default)"
 
     # ------------------------------------------------------------ graph: create and destroy
     def open(self, node: Node, publish_overlay: bool) -> None:
         """Create this camera's publishers, then its subscriptions (frames flow after this)."""
-        self.logger = node.get_logger()
-        if self.config.roi_source == "full_frame":
-            out_type, out_topic = (
-                classification_type(self.config.output_format),
-                self.topics.classification,
-            )
-        else:
+        if self.config.crops_rois:
             out_type, out_topic = (
                 detections_type(self.config.output_format),
                 self.topics.classified_detections,
             )
+        else:
+            out_type, out_topic = (
+                classification_type(self.config.output_format),
+                self.topics.classification,
+            )
         self.result_pub = node.create_publisher(out_type, out_topic, OUTPUT_QOS)
         self.ensure_overlay(node, publish_overlay)
-        image_type = CompressedImage if self.config.transport == "compressed" else Image
+        image_type = CompressedImage if self.config.compressed else Image
         self._image = AutoQosInput(
             image_type, self.image_topic(node), self.on_image, self.config.qos_mode
         )
@@ -244,10 +209,31 @@ class Camera:
         if publish_overlay and self.overlay_pub is None:
             self.overlay_pub = node.create_publisher(Image, self.topics.overlay, OVERLAY_DEPTH)
 
+    @property
+    def is_open(self) -> bool:
+        """Between `open` and `close`: results can be published."""
+        return self.result_pub is not None
+
+    def publish_result(self, msg: Any) -> None:
+        """On `classification` or `classified_detections` (nothing once closed)."""
+        publisher = self.result_pub
+        if publisher is not None:
+            publisher.publish(msg)
+
+    def overlay_wanted(self) -> bool:
+        """Whether an overlay publisher exists and something subscribes to it (drawing costs)."""
+        publisher = self.overlay_pub
+        return publisher is not None and publisher.get_subscription_count() > 0
+
+    def publish_overlay(self, msg: Any) -> None:
+        publisher = self.overlay_pub
+        if publisher is not None:
+            publisher.publish(msg)
+
     def image_topic(self, node: Node) -> str:
         """The resolved (remapped) image topic; `<image>/compressed` as image_transport does."""
         base = node.resolve_topic_name(self.topics.image)
-        return f"{base}/compressed" if self.config.transport == "compressed" else base
+        return f"{base}/compressed" if self.config.compressed else base
 
     def match_qos(self, node: Node) -> None:
         for endpoint in (self._image, self._detections):
@@ -262,7 +248,7 @@ class Camera:
     def detections_input(self) -> AutoQosInput | None:
         return self._detections
 
-    # ------------------------------------------------------------ callbacks (executor thread)
+    # ------------------------------------------------------------ logs (any thread)
     def warn_once(self, what: str) -> bool:
         """True the first time `what` is asked about on this camera (a warning logged once)."""
         with self._lock:
@@ -270,6 +256,13 @@ class Camera:
             self._warned.add(what)
             return first
 
+    def warn(self, what: str, text: str) -> None:
+        """Log `text` unless a warning of kind `what` of this camera was logged in the last
+        `LOG_PERIOD_S`."""
+        if self._throttle.ready(what):
+            self.logger.warning(f"camera {self.label}: {text}")
+
+    # ------------------------------------------------------------ callbacks (executor thread)
     def on_image(self, msg: Any) -> None:
         """Keep only the newest frame (or, with detections, the newest paired frame)."""
         stamp_ns = stamp_to_ns(msg.header.stamp)
@@ -282,16 +275,13 @@ class Camera:
         self._offer_pair(self.pairer.add_image(stamp_ns, msg))
 
     def _log_jump(self, stamp_ns: int) -> None:
-        """Stamps went back: say what restarts (at most every `JUMP_LOG_PERIOD_S`)."""
-        now = time.monotonic()
-        if self.logger is None or now - self._jump_logged < JUMP_LOG_PERIOD_S:
-            return
-        self._jump_logged = now
-        self.logger.info(
-            f"camera {self.name or '(default)'}: image stamps jumped back to "
-            f"{stamp_ns / 1e9:.3f} s (a looping bag, a simulator reset, a restarted driver): "
-            "pairing, smoothing and track timeouts start again (counted as stamp_jumps_back)"
-        )
+        """Stamps went back: say what restarts (at most every `LOG_PERIOD_S`)."""
+        if self._throttle.ready("jump"):
+            self.logger.info(
+                f"camera {self.label}: image stamps jumped back to {stamp_ns / SEC:.3f} s (a "
+                "looping bag, a simulator reset, a restarted driver): pairing, smoothing and "
+                "track timeouts start again (counted as stamp_jumps_back)"
+            )
 
     def on_detections(self, msg: Any) -> None:
         assert self.pairer is not None
@@ -317,14 +307,14 @@ class Camera:
             return True
         refuse = self._must_match()
         self.rois.count_frame_id_mismatch(refused=refuse)
-        if self.logger is not None and self.warn_once("frame_id"):
+        if self.warn_once("frame_id"):
             verdict = (
                 "refused, not classified (frame_id_must_match; counted as frame_id_refused)"
                 if refuse
                 else "classified anyway (frame_id_must_match is false)"
             )
             self.logger.warning(
-                f"camera {self.name or '(default)'}: detections with frame_id {theirs!r} paired "
+                f"camera {self.label}: detections with frame_id {theirs!r} paired "
                 f"with an image of frame_id {ours!r} (is the detections topic remapped to the "
                 f"right camera?); {verdict}. Logged once; counted as frame_id_mismatches"
             )
@@ -337,7 +327,7 @@ class Camera:
         image = self._image
         pairing = self._pairing_period()
         if pairing is not None:
-            self._unpaired_log.add(pairing, node, self)
+            self._log_unpaired(pairing)
         extra = {}
         rois = self.rois.snapshot() if self.rois is not None else None
         if self.pairer is not None:
@@ -374,9 +364,9 @@ class Camera:
         nearest waiting partner may then be the next frame's, and greedy pairing can cross."""
         if self.pairer is None or pairing is None or not self.pairer.crossing_risk():
             return ""
-        period = (pairing.counts.image_period_ns or 0) / 1e9
+        period = (pairing.counts.image_period_ns or 0) / SEC
         return (
-            f"sync_tolerance_s {self.pairer.tolerance_ns / 1e9:g} is at least half the measured "
+            f"sync_tolerance_s {self.pairer.tolerance_ns / SEC:g} is at least half the measured "
             f"frame period ({period:.3g} s): pairs can cross; lower it below {period / 2:.3g}"
         )
 
@@ -385,8 +375,33 @@ class Camera:
         period = pairing.counts.image_period_ns if pairing is not None else None
         warning = self._tolerance_warning(pairing)
         if warning and self.warn_once("tolerance"):
-            node.get_logger().warning(f"camera {self.name or '(default)'}: {warning}")
-        return {"measured_frame_period_s": "n/a" if period is None else f"{period / 1e9:.4g}"}
+            self.logger.warning(f"camera {self.label}: {warning}")
+        return {"measured_frame_period_s": "n/a" if period is None else f"{period / SEC:.4g}"}
+
+    def _log_unpaired(self, period: PairingPeriod) -> None:
+        """A warning about unpaired messages at most every `LOG_PERIOD_S`, with the counts
+        since the previous one: a synchronizer that drops silently is a known complaint
+        (ros/ros_comm#1059), one that floods the log is another."""
+        seen = self._unpaired
+        seen.images += period.unpaired_images
+        seen.detections += period.unpaired_detections
+        seen.paired += period.paired
+        # Images without detections are normal when the detector runs slower than the camera;
+        # they are worth a warning only while nothing pairs at all.
+        if not (seen.detections or (seen.images and not seen.paired)):
+            self._unpaired = _Unpaired()
+            return
+        if not self._throttle.ready("unpaired"):
+            return
+        tolerance = self.config.sync_tolerance_ns / SEC
+        self.logger.warning(
+            f"camera {self.label}: {seen.detections} detection message(s) found no image and "
+            f"{seen.images} image(s) found no detections ({seen.paired} paired) since the last "
+            "report; a detector must stamp its Detection2DArray with the header stamp of the "
+            f"image it ran on (sync_tolerance_s is {tolerance:g}; raise it for approximate "
+            "pairing)"
+        )
+        self._unpaired = _Unpaired()
 
     def _pairing_period(self) -> PairingPeriod | None:
         if self.pairer is None:
@@ -401,34 +416,10 @@ class Camera:
         )
 
 
-class _UnpairedLog:
-    """A warning about unpaired messages at most every `UNPAIRED_LOG_PERIOD_S` per camera,
-    with the counts since the previous one: a synchronizer that drops silently is a known
-    complaint (ros/ros_comm#1059), one that floods the log is another."""
+@dataclass
+class _Unpaired:
+    """Unpaired and paired messages since the last warning about unpaired ones."""
 
-    def __init__(self) -> None:
-        self._last = -UNPAIRED_LOG_PERIOD_S
-        self._images = self._detections = self._paired = 0
-
-    def add(self, period: PairingPeriod, node: Node, camera: Camera) -> None:
-        self._images += period.unpaired_images
-        self._detections += period.unpaired_detections
-        self._paired += period.paired
-        now = time.monotonic()
-        # Images without detections are normal when the detector runs slower than the camera;
-        # they are worth a warning only while nothing pairs at all.
-        if not (self._detections or (self._images and not self._paired)):
-            self._images = self._detections = self._paired = 0
-            return
-        if now - self._last < UNPAIRED_LOG_PERIOD_S:
-            return
-        tolerance = camera.config.sync_tolerance_ns / 1e9
-        node.get_logger().warning(
-            f"camera {camera.name or '(default)'}: {self._detections} detection message(s) "
-            f"found no image and {self._images} image(s) found no detections "
-            f"({self._paired} paired) since the last report; a detector must stamp its "
-            "Detection2DArray with the header stamp of the image it ran on "
-            f"(sync_tolerance_s is {tolerance:g}; raise it for approximate pairing)"
-        )
-        self._last = now
-        self._images = self._detections = self._paired = 0
+    images: int = 0
+    detections: int = 0
+    paired: int = 0

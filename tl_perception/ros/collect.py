@@ -39,10 +39,9 @@ from tl_perception.ros.messages import (
     detections_type,
     format_of_type,
 )
+from tl_perception.ros.names import NODE_NAME
 from tl_perception.ros.play import PlayOptions, play
 from tl_perception.stamps import SEC, stamp_to_ns
-
-CLASSIFIER_NODE_NAME = "classifier"
 
 Log = Callable[[str], None]
 
@@ -174,7 +173,7 @@ class _Collector(Node):
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
-            if "processed_frames" in values and CLASSIFIER_NODE_NAME in status.name:
+            if "processed_frames" in values and NODE_NAME in status.name:
                 with self._lock:
                     self.diagnostics = values
                     self.diagnostics_at = time.monotonic()
@@ -296,15 +295,12 @@ def _wait_ready(collector: _Collector, node_alive: Callable[[], bool]) -> None:
         if not node_alive():
             raise TlPerceptionError("classifier_node exited before it was ready; see its log")
         subscribed = all(
-            any(
-                s.node_name == CLASSIFIER_NODE_NAME
-                for s in collector.get_subscriptions_info_by_topic(t)
-            )
+            any(s.node_name == NODE_NAME for s in collector.get_subscriptions_info_by_topic(t))
             for t in _inputs(plan)
         )
         pubs = collector.get_publishers_info_by_topic(plan.results_topic)
         if subscribed and pubs:
-            ours = [p for p in pubs if p.node_name == CLASSIFIER_NODE_NAME] or pubs
+            ours = [p for p in pubs if p.node_name == NODE_NAME] or pubs
             collector.subscribe_results(ours[0].topic_type)
             time.sleep(0.5)  # let discovery settle on both ends
             return

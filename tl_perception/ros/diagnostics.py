@@ -23,10 +23,17 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 from tl_perception.ros.pairing import PairCounts
-from tl_perception.ros.stats import BatchSnapshot, ExtraStatus, RoiSnapshot, StatsSnapshot
+from tl_perception.ros.reload import RELOAD_IDLE
+from tl_perception.ros.stats import BatchSnapshot, RoiSnapshot, StatsSnapshot
 
-#: `model_reload` value when no reload is pending and the last request is serving.
-RELOAD_IDLE = "idle"
+
+@dataclass(frozen=True)
+class ExtraStatus:
+    """More values for the node's /diagnostics status, and the warnings that hold now (labels,
+    unknown threshold, capture)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

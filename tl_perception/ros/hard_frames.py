@@ -1,4 +1,4 @@
-"""The node's hard-frame capture: `tl_perception.capture.HardFrameCapture` tied to the node's life.
+"""The node's hard-frame capture: `loop.capture.HardFrameCapture` tied to the node's life.
 
 Opened when the node activates (it reads the directory, takes its lock and hashes model.keras:
 never on the hot path), closed on deactivate and on shutdown (it writes what is queued and
@@ -23,23 +23,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from tl_perception.bundle import Bundle
-from tl_perception.capture import (
+from tl_perception.errors import CaptureError, TlPerceptionError, one_line
+from tl_perception.loop.capture import (
     COUNT_KEYS,
     CaptureConfig,
     CaptureContext,
-    CaptureError,
     CaptureItem,
     HardFrameCapture,
 )
-from tl_perception.errors import TlPerceptionError, one_line
+from tl_perception.ros.diagnostics import ExtraStatus
 from tl_perception.ros.rois import policy_for
-from tl_perception.ros.stats import ExtraStatus
 
 CLOSE_TIMEOUT_S = 5.0
 #: How long an open waits for a previous writer of this process that is still finishing.
@@ -48,45 +46,18 @@ PREVIOUS_WRITER_WAIT_S = 10.0
 _NOT_SUMMED = ("existing", "pending")
 
 
-@dataclass(frozen=True)
-class CaptureParams:
-    """The `capture_*` parameters (read at configure)."""
-
-    directory: str = ""  # empty: capture off
-    capture_below: float = 0.5
-    max_per_minute: int = 30
-    max_total: int = 1000
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> CaptureParams:
-        return cls(
-            directory=str(config["capture_dir"]),
-            capture_below=float(config["capture_below"]),
-            max_per_minute=int(config["capture_max_per_minute"]),
-            max_total=int(config["capture_max_total"]),
-        )
-
-    def to_config(self) -> CaptureConfig | None:
-        """The capture's config (None: off); CaptureError with one line for bad settings."""
-        if not self.directory:
-            return None
-        return CaptureConfig(
-            Path(self.directory), self.capture_below, self.max_per_minute, self.max_total
-        )
-
-
 class HardFrames:
     """The node's capture: `open` / `reopen` / `close` from the node, `offer` from the worker."""
 
     def __init__(
         self,
-        params: CaptureParams,
+        config: CaptureConfig | None,
         roi_mode: bool,
         logger: Any,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
-        """Raises CaptureError for bad settings (so a bad parameter stops start-up)."""
-        self._config = params.to_config()
+        """`config` None: capture off (`capture_dir` empty)."""
+        self._config = config
         self._close_timeout_s = close_timeout_s
         self._roi_mode = roi_mode
         self._logs = logger
@@ -105,10 +76,6 @@ class HardFrames:
     def enabled(self) -> bool:
         """Whether `capture_dir` asks for a capture (it may still be closed or have failed)."""
         return self._config is not None
-
-    @property
-    def capture_below(self) -> float:
-        return self._config.capture_below if self._config is not None else 0.0
 
     def open(self, serving: Callable[[], Bundle]) -> None:
         """Open for the bundle `serving()` returns (activate); it is asked under the lock that

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from tl_perception.crop import box_rect
-from tl_perception.ros.results import Hypotheses, RoiResult, overlay_text
+from tl_perception.ros.labels import Hypotheses
+from tl_perception.ros.messages import RoiResult
 
 
 def draw_overlay(rgb: np.ndarray, results: Hypotheses) -> np.ndarray:
@@ -54,3 +55,11 @@ def _put_label(
         thickness,
         cv2.LINE_AA,
     )
+
+
+def overlay_text(results: Hypotheses) -> str:
+    """The label drawn on the overlay image: best class and score, or a dash when none pass."""
+    if not results:
+        return "-"
+    name, score = results[0]
+    return f"{name} {score:.2f}"

@@ -12,28 +12,28 @@ the cycle's budget of `max_rois` crops and `max_roi_pixels` pixels fairly betwee
 publishes each camera's result with that camera's header. Bad frames and bad boxes are counted
 per camera and never raise.
 
-Between inference and publishing, each frame's (ROI's) probabilities go through the label stage
-(`labels.LabelStage`: smoothing per camera, or per camera and track id, and the unknown rule) and
-`results.label_hypotheses` (the published class first); frames or crops the model found hard
-are offered to the hard-frame capture (`hard_frames.HardFrames`, a queue: no I/O here).
+Between inference and publishing, each frame's (ROI's) probabilities go through the label
+decision (`labels.LabelStage`: smoothing per camera, or per camera and track id, the unknown
+rule, the published class first); frames or crops the model found hard are offered to the
+hard-frame capture (`hard_frames.HardFrames`, a queue: no I/O here).
 
-`Pipeline` needs only a `PipelineContext` (the serving classifier, the current settings, the ROS
-clock and a logger) and the cameras, so a plain Node and a LifecycleNode can both drive it;
-`Worker` is the thread that runs cycles (started on activate, stopped on deactivate).
+`Pipeline` needs only a `PipelineContext` (the serving classifier, the current config, the ROS
+clock and a logger) and the cameras, so it runs without a node: the graph-free tests drive it
+with cameras that were never opened. `Worker` is the thread that runs cycles (started on
+activate, stopped on deactivate).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from sensor_msgs.msg import Image
 
-from tl_perception.capture import CaptureItem
 from tl_perception.crop import (
     CropError,
     CropPlan,
@@ -44,94 +44,31 @@ from tl_perception.crop import (
 )
 from tl_perception.errors import ImageDecodeError, one_line
 from tl_perception.images import image_fields, message_to_rgb
-from tl_perception.ros.budget import DEFAULT_MAX_ROI_PIXELS, OVER_BUDGET, Share, share_budget
+from tl_perception.loop.capture import CaptureItem
+from tl_perception.ros.budget import OVER_BUDGET, Share, share_budget
 from tl_perception.ros.camera import Camera
+from tl_perception.ros.config import NodeConfig
+from tl_perception.ros.diagnostics import ExtraStatus
+from tl_perception.ros.handoff import LatestFrames
 from tl_perception.ros.hard_frames import HardFrames
 from tl_perception.ros.labels import (
-    UNKNOWN_FROM_BUNDLE,
+    Hypotheses,
+    HypothesisRule,
     LabelStage,
-    UnknownThreshold,
-    describe_smoothing,
     effective_unknown_threshold,
     stream_keys,
 )
-from tl_perception.ros.messages import build_classification, build_detections
+from tl_perception.ros.messages import RoiResult, build_classification, build_detections
 from tl_perception.ros.overlay import draw_overlay, draw_rois
 from tl_perception.ros.pairing import Pair
-from tl_perception.ros.results import (
-    Hypotheses,
-    HypothesisRule,
-    Label,
-    RoiResult,
-    label_hypotheses,
-)
 from tl_perception.ros.rois import Roi, detection_rois, policy_for
-from tl_perception.ros.stats import BatchStats, ExtraStatus, FrameRois, LatestFrames, Throttle
-from tl_perception.smoothing import (
-    DEFAULT_ALPHA,
-    DEFAULT_MAX_TRACKS,
-    DEFAULT_MODE,
-    DEFAULT_SWITCH_FRAMES,
-    DEFAULT_TRACK_TIMEOUT_S,
-    SmoothingConfig,
-)
+from tl_perception.ros.stats import BatchStats, FrameRois
+from tl_perception.ros.throttle import Throttle
+from tl_perception.smoothing import SmoothingConfig
 from tl_perception.stamps import SEC, is_unstamped, stamp_to_ns
 
-LOG_THROTTLE_S = 5.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The run-time parameters one cycle uses; the node swaps in a new object on a change, so a
-    cycle never sees half an update."""
-
-    roi_source: str = "full_frame"
-    top_k: int = 5
-    score_threshold: float = 0.0
-    max_rois: int = 32  # crops per cycle, shared by the cameras (budget.share_budget)
-    max_roi_pixels: int = DEFAULT_MAX_ROI_PIXELS  # crop pixels per cycle, shared likewise
-    frame_id_must_match: bool = True  # refuse detections whose frame_id is not the image's (Camera)
-    publish_background: bool = False
-    background_label: str = "background"
-    publish_overlay: bool = False
-    batch_rois: bool = True  # False: one inference per ROI (benchmark baseline only)
-    fixed_rois: tuple[Roi, ...] = ()
-    batch_wait_s: float = 0.005  # LatestFrames.take_all's gather_s (several cameras in step)
-    smoothing: str = DEFAULT_MODE
-    smoothing_alpha: float = DEFAULT_ALPHA
-    switch_frames: int = DEFAULT_SWITCH_FRAMES
-    track_timeout_s: float = DEFAULT_TRACK_TIMEOUT_S
-    max_tracks: int = DEFAULT_MAX_TRACKS
-    unknown_threshold: float = UNKNOWN_FROM_BUNDLE  # < 0: the bundle's; 0: never unknown
-
-    def smoothing_config(self) -> SmoothingConfig:
-        return SmoothingConfig(
-            self.smoothing,
-            self.smoothing_alpha,
-            self.switch_frames,
-            self.track_timeout_s,
-            self.max_tracks,
-        )
-
-    def unknown(self, bundle: Any) -> UnknownThreshold:
-        """The unknown threshold in force with `bundle` serving."""
-        return effective_unknown_threshold(self.unknown_threshold, bundle.unknown_threshold)
-
-
-#: The run-time parameters of the label stage that live in `Settings`, with their conversion.
-LABEL_SETTINGS: dict[str, Callable[[Any], Any]] = {
-    "smoothing": str,
-    "smoothing_alpha": float,
-    "switch_frames": int,
-    "track_timeout_s": float,
-    "max_tracks": int,
-    "unknown_threshold": float,
-}
-
-
-def label_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The `Settings` fields of `LABEL_SETTINGS` from the declared parameters."""
-    return {name: convert(config[name]) for name, convert in LABEL_SETTINGS.items()}
+#: Unexpected exceptions in a cycle are logged at most this often (all are counted).
+ERROR_LOG_PERIOD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +76,7 @@ class PipelineContext:
     """What the pipeline reads from its node, as callables (read once per cycle)."""
 
     classifier: Callable[[], Any]  # the serving Classifier (a hot reload swaps it)
-    settings: Callable[[], Settings]
+    config: Callable[[], NodeConfig]  # the current parameters (a run-time set swaps them)
     now_ns: Callable[[], int]  # the node's ROS clock
     logger: Any
     hard_frames: HardFrames | None = None  # the capture (None: never captures)
@@ -167,11 +104,10 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Cycle:
-    """What every frame of one cycle is judged by: settings, model and the publishing rule."""
+    """What every frame of one cycle is judged by: the config and the model."""
 
-    settings: Settings
+    config: NodeConfig
     classifier: Any
-    rule: HypothesisRule
 
 
 class Pipeline:
@@ -184,15 +120,9 @@ class Pipeline:
         self.frames = frames
         self.context = context
         self.batches = BatchStats()
-        self.errors = 0
+        self.errors = 0  # unexpected exceptions in a cycle (the worker counts them)
         self.labels = LabelStage()
-        self.unknown_published = 0  # frames and ROIs published as unknown
-        self._throttle = Throttle(LOG_THROTTLE_S)
-        self._smoothing: tuple[Settings | None, SmoothingConfig | None] = (None, None)
-
-    def cycle(self, timeout: float) -> int:
-        """Wait up to `timeout` s for frames, then `process` them; the number of frames."""
-        return self.process(self.frames.take_all(timeout))
+        self._smoothing: tuple[NodeConfig | None, SmoothingConfig | None] = (None, None)
 
     def process(self, taken: Sequence[tuple[int, Any]]) -> int:
         """Classify the frames `LatestFrames.take_all` gave (camera index, image or Pair) in
@@ -201,19 +131,19 @@ class Pipeline:
             return 0
         started = time.perf_counter()
         classifier = self.context.classifier()  # one reference per cycle: a hot swap is atomic
-        settings = self.context.settings()
+        config = self.context.config()
         policy = policy_for(classifier.bundle)
         jobs = []
         for index, item in taken:
-            job = self._prepare(self.cameras[index], item, settings, policy)
+            job = self._prepare(self.cameras[index], item, config, policy)
             if job is not None:
                 jobs.append(job)
         if not jobs:
             return 0
-        if settings.roi_source != "full_frame":
-            self._cut(jobs, settings, policy)
-        probs, inference_ms = self._classify(classifier, jobs, settings)
-        cycle = self._begin(settings, classifier)
+        if config.crops_rois:
+            self._cut(jobs, config, policy)
+        probs, inference_ms = self._classify(classifier, jobs, config)
+        cycle = self._begin(config, classifier)
         start = 0
         for job in jobs:
             count = len(job.crops)
@@ -224,29 +154,26 @@ class Pipeline:
         self.batches.add_cycle((time.perf_counter() - started) * 1000.0)
         return len(jobs)
 
-    def _begin(self, settings: Settings, classifier: Any) -> _Cycle:
-        """The cycle's rule; the label stage forgets its state on new settings or a new model."""
-        last_settings, config = self._smoothing
-        if config is None or settings is not last_settings:
-            config = settings.smoothing_config()
-            self._smoothing = (settings, config)
-        self.labels.begin(config, classifier)
-        rule = HypothesisRule(
-            settings.top_k, settings.score_threshold, settings.unknown(classifier.bundle).value
+    def _begin(self, config: NodeConfig, classifier: Any) -> _Cycle:
+        """The cycle's rule; the label stage forgets its state on new smoothing settings or a
+        new model."""
+        last, smoothing = self._smoothing
+        if smoothing is None or config is not last:
+            smoothing = config.smoothing_config()
+            self._smoothing = (config, smoothing)
+        unknown = effective_unknown_threshold(
+            config.unknown_threshold, classifier.bundle.unknown_threshold
         )
-        return _Cycle(settings, classifier, rule)
+        rule = HypothesisRule(config.top_k, config.score_threshold, unknown.value)
+        self.labels.begin(smoothing, classifier, rule)
+        return _Cycle(config, classifier)
 
     def report(self) -> ExtraStatus:
         """/diagnostics values of labels, the unknown threshold and the capture (timer thread)."""
-        settings = self.context.settings()
-        unknown = settings.unknown(self.context.classifier().bundle)
-        values = {
-            "smoothing": describe_smoothing(settings.smoothing_config()),
-            "smoothed_tracks": str(self.labels.tracked),
-            "smoothed_tracks_evicted": str(self.labels.evicted),
-            "unknown_threshold": unknown.describe(),
-            "unknown_published": str(self.unknown_published),
-        }
+        config = self.context.config()
+        recorded = self.context.classifier().bundle.unknown_threshold
+        unknown = effective_unknown_threshold(config.unknown_threshold, recorded)
+        values = self.labels.report(config.smoothing_config(), unknown)
         capture = self.context.hard_frames
         if capture is None:
             return ExtraStatus(values)
@@ -255,7 +182,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ gather, decode, crop
     def _prepare(
-        self, camera: Camera, item: Any, settings: Settings, policy: CropPolicy
+        self, camera: Camera, item: Any, config: NodeConfig, policy: CropPolicy
     ) -> _Job | None:
         image, detections = (
             (item.image, item.detections) if isinstance(item, Pair) else (item, None)
@@ -264,15 +191,15 @@ class Pipeline:
         if rgb is None:
             return None
         job = _Job(camera, image, rgb)
-        if settings.roi_source == "full_frame":
+        if not config.crops_rois:
             job.crops = [rgb]
             return job
         if detections is None:
-            job.total, considered = len(settings.fixed_rois), list(settings.fixed_rois)
+            job.total, considered = len(config.rois), list(config.rois)
         else:
             job.total = len(detections.detections)
-            considered = detection_rois(detections, settings.max_rois)
-        job.considered = considered[: settings.max_rois]
+            considered = detection_rois(detections, config.max_rois)
+        job.considered = considered[: config.max_rois]
         try:
             check_frame(rgb)
         except CropError as err:  # not an HxWx3 frame: the decoder's contract broken
@@ -281,39 +208,37 @@ class Pipeline:
         job.plan = plan_crops((rgb.shape[0], rgb.shape[1]), [r.box for r in job.considered], policy)
         return job
 
-    def _cut(self, jobs: list[_Job], settings: Settings, policy: CropPolicy) -> None:
+    def _cut(self, jobs: list[_Job], config: NodeConfig, policy: CropPolicy) -> None:
         """Share the cycle's budget between the cameras, then cut what each one got."""
         shares = share_budget(
             [job.plan.pixels() if job.plan else [] for job in jobs],
-            settings.max_rois,
-            settings.max_roi_pixels,
+            config.max_rois,
+            config.max_roi_pixels,
         )
         for job, share in zip(jobs, shares, strict=True):
             assert job.plan is not None
             job.crops = cut_crops(job.rgb, job.plan, policy, share.kept)
             job.rois = [job.considered[job.plan.kept[k]] for k in share.kept]
-            job.counts = self._frame_counts(job, share, settings, len(jobs))
+            job.counts = self._frame_counts(job, share, config, len(jobs))
 
-    def _frame_counts(self, job: _Job, share: Share, settings: Settings, jobs: int) -> FrameRois:
+    def _frame_counts(self, job: _Job, share: Share, config: NodeConfig, jobs: int) -> FrameRois:
         assert job.plan is not None
         rejected = job.plan.rejected_counts()
         if share.over_budget:
             rejected[OVER_BUDGET] = share.over_budget
         over_max = job.total - len(job.considered) + share.over_max
         if over_max:
-            self._warn(
-                job.camera,
+            job.camera.warn(
                 "max_rois",
                 f"{job.total} ROIs in one frame, classified {len(job.crops)} (max_rois "
-                f"{settings.max_rois} per cycle, shared by the {jobs} camera(s) of the cycle); "
+                f"{config.max_rois} per cycle, shared by the {jobs} camera(s) of the cycle); "
                 f"{over_max} dropped (counted as rois_over_max)",
             )
         if share.over_budget:
-            self._warn(
-                job.camera,
+            job.camera.warn(
                 "max_roi_pixels",
                 f"{share.over_budget} ROI(s) whose crops did not fit in this cycle's share of "
-                f"max_roi_pixels ({settings.max_roi_pixels}) not classified (counted as "
+                f"max_roi_pixels ({config.max_roi_pixels}) not classified (counted as "
                 "rois_rejected_over_budget)",
             )
         return FrameRois(
@@ -340,17 +265,11 @@ class Pipeline:
         camera.stats.count_bad()
         topic = camera.image_input.topic if camera.image_input else camera.topics.image
         stamp = image.header.stamp
-        self._warn(
-            camera, "bad", f"bad frame on {topic} (stamp {stamp.sec}.{stamp.nanosec:09d}): {why}"
-        )
-
-    def _warn(self, camera: Camera, what: str, text: str) -> None:
-        if self._throttle.ready(f"{camera.index}:{what}"):
-            self.context.logger.warning(text)
+        camera.warn("bad", f"bad frame on {topic} (stamp {stamp.sec}.{stamp.nanosec:09d}): {why}")
 
     # ------------------------------------------------------------ inference
     def _classify(
-        self, classifier: Any, jobs: list[_Job], settings: Settings
+        self, classifier: Any, jobs: list[_Job], config: NodeConfig
     ) -> tuple[np.ndarray, float]:
         """(N, C) probabilities of all crops of all jobs from one call (or one call per crop,
         the baseline); smoothing needs every class's score, not only the top k."""
@@ -358,7 +277,7 @@ class Pipeline:
         if not images:
             return np.zeros((0, len(classifier.class_names)), np.float32), 0.0
         started = time.perf_counter()
-        if settings.batch_rois or len(images) == 1:
+        if config.batch_rois or len(images) == 1:
             probs = classifier.predict_proba(images)
         else:
             probs = np.concatenate([classifier.predict_proba([image]) for image in images])
@@ -368,57 +287,45 @@ class Pipeline:
 
     # ------------------------------------------------------------ results and publishing
     def _publish(self, job: _Job, probs: np.ndarray, inference_ms: float, cycle: _Cycle) -> None:
-        camera, header, s = job.camera, job.image.header, cycle.settings
-        publisher = camera.result_pub
-        if publisher is None:  # the camera was closed during this cycle
+        camera, header, config = job.camera, job.image.header, cycle.config
+        if not camera.is_open:  # the camera was closed during this cycle
             return
         fmt = camera.config.output_format
         results: Hypotheses = []
         roi_results: list[RoiResult] = []
-        if s.roi_source == "full_frame":
-            results = self._label(job, "frame", probs[0], cycle).hypotheses
-            publisher.publish(build_classification(fmt, header, results))
-        else:
+        if config.crops_rois:
             roi_results = self._roi_results(job, probs, cycle)
-            publisher.publish(build_detections(fmt, header, roi_results))
+            camera.publish_result(build_detections(fmt, header, roi_results))
+        else:
+            label = self.labels.label(camera.index, "frame", probs[0], job.stamp_s)
+            results = label.hypotheses
+            camera.publish_result(build_classification(fmt, header, results))
         latency_ms = None  # stamp 0: no capture time, kept out of the latency statistic
         if not is_unstamped(header.stamp):
             latency_ms = (self.context.now_ns() - stamp_to_ns(header.stamp)) / 1e6
         camera.stats.count_processed(inference_ms, latency_ms)
-        overlay_pub = camera.overlay_pub
-        if s.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count():
-            if s.roi_source == "full_frame":
-                picture = draw_overlay(job.rgb, results)
-            else:
+        if config.publish_overlay and camera.overlay_wanted():
+            if config.crops_rois:
                 picture = draw_rois(job.rgb, roi_results)
-            overlay_pub.publish(Image(header=header, **image_fields(picture, "rgb8")))
-
-    def _label(self, job: _Job, key: str | None, row: np.ndarray, cycle: _Cycle) -> Label:
-        """One frame's or ROI's published label: smoothed for stream `key` (None: not), the
-        published class first, `unknown` when the frame's own best score is below the
-        threshold (the kind of score the bundle chose it on)."""
-        smoothed = self.labels.smooth(job.camera.index, key, row, job.stamp_s)
-        names = cycle.classifier.class_names
-        own = float(np.max(row)) if len(row) else 0.0
-        label = label_hypotheses(smoothed.scores, names, smoothed.first, cycle.rule, frame_best=own)
-        self.unknown_published += label.unknown
-        return label
+            else:
+                picture = draw_overlay(job.rgb, results)
+            camera.publish_overlay(Image(header=header, **image_fields(picture, "rgb8")))
 
     def _roi_results(self, job: _Job, probs: np.ndarray, cycle: _Cycle) -> list[RoiResult]:
         """Hypotheses per ROI, smoothed per track id (a detection without an id is not);
         background ROIs (the published class is `background_label`) left out unless
         `publish_background`. An unknown ROI is published: it is no background."""
-        s, camera = cycle.settings, job.camera
+        config, camera = cycle.config, job.camera
         self.labels.forget(camera.index, job.stamp_s)
         keys, repeated = stream_keys([roi.id for roi in job.rois])
         if repeated:
             self._repeated_ids(job, repeated)
         out, background = [], 0
         for roi, key, row in zip(job.rois, keys, probs, strict=True):
-            label = self._label(job, key, row, cycle)
-            is_background = label.name == s.background_label
+            label = self.labels.label(camera.index, key, row, job.stamp_s)
+            is_background = label.name == config.background_label
             background += is_background
-            if is_background and not s.publish_background:
+            if is_background and not config.publish_background:
                 continue
             out.append(RoiResult(roi, label.hypotheses))
         if job.counts is not None and camera.rois is not None:
@@ -434,8 +341,8 @@ class Pipeline:
         the ROIs go unsmoothed (counted as rois_duplicate_ids, warned once per camera)."""
         self.labels.discard(job.camera.index, repeated)
         if job.camera.warn_once("duplicate_ids"):
-            self.context.logger.warning(
-                f"camera {job.camera.name or '(default)'}: detection id(s) "
+            job.camera.logger.warning(
+                f"camera {job.camera.label}: detection id(s) "
                 f"{', '.join(repr(i) for i in sorted(repeated)[:5])} repeated within one frame; "
                 "such ROIs are published unsmoothed (an id must name one tracked object). "
                 "Logged once; counted as rois_duplicate_ids"
@@ -470,18 +377,20 @@ class Pipeline:
 
 
 class Worker:
-    """The one classification thread: runs `Pipeline.cycle` from `start` until `stop`.
+    """The one classification thread: takes the newest frames and runs `Pipeline.process`, from
+    `start` until `stop`.
 
-    `max_rate_hz()` > 0 makes it wait between cycles; frames replaced meanwhile count as dropped.
-    An unexpected exception in a cycle is counted (`pipeline.errors`) and logged, never fatal.
+    `max_rate_hz` > 0 makes it wait between cycles; frames replaced meanwhile count as dropped.
+    An unexpected exception in a cycle is counted (`pipeline.errors`) and logged (at most every
+    `ERROR_LOG_PERIOD_S`), never fatal.
     A cycle that outlasts `stop`'s timeout is not abandoned to run beside a new thread: the
     thread keeps its place until it sees the stop, and a `start` before that tells it to go on,
     so two threads never classify at once.
     """
 
-    def __init__(self, pipeline: Pipeline, max_rate_hz: Callable[[], float]) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
-        self._max_rate_hz = max_rate_hz
+        self._errors = Throttle(ERROR_LOG_PERIOD_S)
         self._lock = threading.Lock()  # `_thread` and the stop decision
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None  # the running loop, until it decides to end
@@ -522,13 +431,13 @@ class Worker:
         next_allowed = 0.0
         pipeline = self._pipeline
         while self._running():
-            rate = self._max_rate_hz()
+            config = pipeline.context.config()
+            rate = config.max_rate_hz
             if rate > 0.0:
                 wait = next_allowed - time.monotonic()
                 if wait > 0.0 and self._stop.wait(wait):
                     continue
-            gather_s = pipeline.context.settings().batch_wait_s
-            taken = pipeline.frames.take_all(timeout=0.2, gather_s=gather_s)
+            taken = pipeline.frames.take_all(timeout=0.2, gather_s=config.batch_wait_s)
             if not taken or self._stop.is_set():
                 continue
             if rate > 0.0:
@@ -537,7 +446,7 @@ class Worker:
                 pipeline.process(taken)
             except Exception as err:  # keep serving: one bad inference must not kill the node
                 pipeline.errors += 1
-                pipeline.context.logger.error(
-                    f"classification failed: {type(err).__name__}: {one_line(err)}",
-                    throttle_duration_sec=LOG_THROTTLE_S,
-                )
+                if self._errors.ready("cycle"):
+                    pipeline.context.logger.error(
+                        f"classification failed: {type(err).__name__}: {one_line(err)}"
+                    )

@@ -21,14 +21,10 @@ from typing import Any
 
 from tl_perception.bundle import Bundle
 from tl_perception.crop import Box, CropPolicy
+from tl_perception.errors import RoiConfigError
 
-ROI_SOURCES: tuple[str, ...] = ("full_frame", "detections", "fixed")
 #: Used when the bundle has no crop policy: the box's own pixels, nothing added.
 EXACT_POLICY = CropPolicy(context=0.0, square=False, fill="replicate", fill_value=0, min_box=1.0)
-
-
-class RoiConfigError(ValueError):
-    """A `rois` parameter value that does not describe boxes."""
 
 
 @dataclass(frozen=True)
@@ -61,14 +57,16 @@ def fixed_rois(values: Sequence[float] | None) -> tuple[Roi, ...]:
     numbers = [] if values is None else list(values)
     if len(numbers) % 4:
         raise RoiConfigError(
-            f"rois must hold x, y, w, h per box (a multiple of 4 numbers), got {len(numbers)}"
+            f"parameter rois must hold x, y, w, h per box (a multiple of 4 numbers), got "
+            f"{len(numbers)}"
         )
     rois = []
     for index in range(0, len(numbers), 4):
         x, y, w, h = (float(v) for v in numbers[index : index + 4])
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
             raise RoiConfigError(
-                f"rois box {index // 4} ({x}, {y}, {w}, {h}): needs finite x, y and w, h > 0"
+                f"parameter rois box {index // 4} ({x}, {y}, {w}, {h}): needs finite x, y and "
+                "w, h > 0"
             )
         rois.append(Roi(f"roi{index // 4}", Box.from_xywh(x, y, w, h)))
     return tuple(rois)

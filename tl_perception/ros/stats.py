@@ -1,8 +1,6 @@
-"""Frame bookkeeping for the classifier node, free of rclpy so it is unit-testable.
-
-`LatestFrameSlot` is the "latest frame wins" hand-over between the subscription callback and the
-inference worker: the callback never blocks and never queues, so latency cannot grow with a
-backlog; every frame overwritten before the worker took it is counted as dropped.
+"""The node's counters, free of rclpy so they are unit-testable: per camera (`FrameStats`,
+`RoiStats`) and per node (`BatchStats`), each thread-safe (the callbacks and the worker add, the
+diagnostics timer reads a snapshot).
 """
 
 from __future__ import annotations
@@ -13,120 +11,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
-
-
-class LatestFrameSlot(Generic[T]):
-    """A one-item mailbox: `put` replaces, `take` waits for an item and empties the slot."""
-
-    def __init__(self) -> None:
-        self._item: T | None = None
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, item: T) -> bool:
-        """Store `item`; return True when it replaced a frame the worker never saw (a drop)."""
-        with self._cond:
-            replaced = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float) -> T | None:
-        """The newest item, or None after `timeout` seconds or once closed."""
-        with self._cond:
-            if self._item is None and not self._closed:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        """Wake a waiting worker so it can stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-class LatestFrames(Generic[T]):
-    """One latest-frame slot per camera behind one condition: `take_all` hands the worker the
-    newest item of every camera that has one, so all of them go through one batched inference.
-
-    Cameras in step (hardware-triggered, or driven by one clock) deliver their frames within a
-    millisecond or two of each other; a worker that woke on the first would classify it alone
-    and the others in a second cycle. `take_all(gather_s=...)` therefore waits, at most
-    `gather_s` after the first frame, for the cameras whose previous frame came within
-    `gather_s` of the previous frame of a camera that has one now. Cameras not in step (their
-    frames spread over the period) are never waited for, and a camera that stops is not waited
-    for after one period. With one camera it behaves exactly like `LatestFrameSlot`.
-    """
-
-    def __init__(self, count: int, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._items: list[T | None] = [None] * count
-        self._arrived = [-math.inf] * count  # monotonic time of each camera's newest put
-        self._previous = [-math.inf] * count  # ... and of the put before it
-        self._monotonic = monotonic
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, index: int, item: T) -> bool:
-        """Store camera `index`'s newest item; True when it replaced one never taken (a drop)."""
-        now = self._monotonic()
-        with self._cond:
-            replaced = self._items[index] is not None
-            self._items[index] = item
-            self._previous[index], self._arrived[index] = self._arrived[index], now
-            self._cond.notify()
-            return replaced
-
-    def take_all(self, timeout: float, gather_s: float = 0.0) -> list[tuple[int, T]]:
-        """(camera index, item) for every camera with an item, in camera order; [] after
-        `timeout` seconds or once closed. The slots are empty afterwards."""
-        with self._cond:
-            if not self._closed and all(item is None for item in self._items):
-                self._cond.wait(timeout)
-            if gather_s > 0.0 and len(self._items) > 1:
-                self._gather(gather_s)
-            taken = [(i, item) for i, item in enumerate(self._items) if item is not None]
-            for i, _item in taken:
-                self._items[i] = None
-            return taken
-
-    def _gather(self, gather_s: float) -> None:
-        """Wait (condition held) for the missing cameras in step with a present one."""
-        present = [i for i, item in enumerate(self._items) if item is not None]
-        if not present:
-            return
-        deadline = min(self._arrived[i] for i in present) + gather_s
-        while not self._closed:
-            present = [i for i, item in enumerate(self._items) if item is not None]
-            missing = [i for i, item in enumerate(self._items) if item is None]
-            expected = [
-                m
-                for m in missing
-                if any(abs(self._arrived[m] - self._previous[p]) <= gather_s for p in present)
-            ]
-            remaining = deadline - self._monotonic()
-            if not expected or remaining <= 0.0:
-                return
-            self._cond.wait(remaining)
-
-    def discard(self, index: int) -> None:
-        """Empty camera `index`'s slot (its inputs were closed)."""
-        with self._cond:
-            self._items[index] = None
-
-    def wake(self) -> None:
-        """Return a waiting `take_all` at once (empty-handed), e.g. to stop the worker."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wake a waiting worker so it can stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -150,7 +34,6 @@ class StatsSnapshot:
     processed: int
     dropped: int
     bad: int
-    errors: int
     inference_ms_p50: float
     inference_ms_p95: float
     latency_ms_p50: float
@@ -170,7 +53,6 @@ class FrameStats:
         self.processed = 0
         self.dropped = 0
         self.bad = 0
-        self.errors = 0
         self.unstamped = 0
         self.stamp_jumps_back = 0
         self._newest_stamp = -1  # ns; the latest image stamp seen since the last jump back
@@ -202,10 +84,6 @@ class FrameStats:
         with self._lock:
             self.bad += 1
 
-    def count_error(self) -> None:
-        with self._lock:
-            self.errors += 1
-
     def count_processed(self, inference_ms: float, latency_ms: float | None) -> None:
         """One classified frame; `latency_ms` None = unstamped (no capture time to measure from).
 
@@ -236,7 +114,6 @@ class FrameStats:
                 processed=self.processed,
                 dropped=self.dropped,
                 bad=self.bad,
-                errors=self.errors,
                 inference_ms_p50=percentile(inference, 50),
                 inference_ms_p95=percentile(inference, 95),
                 latency_ms_p50=percentile(latency, 50),
@@ -354,32 +231,3 @@ class BatchStats:
                 cycle_ms_p50=percentile(self._cycles, 50),
                 cycle_ms_p95=percentile(self._cycles, 95),
             )
-
-
-@dataclass(frozen=True)
-class ExtraStatus:
-    """More values for the node's /diagnostics status, and the warnings that hold now (labels,
-    unknown threshold, capture)."""
-
-    values: dict[str, str] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-
-class Throttle:
-    """At most one `ready` per key every `period_s` (per-camera log throttling: rclpy's own
-    throttle is per call site, so one camera's warnings would silence another's)."""
-
-    def __init__(self, period_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._period = period_s
-        self._monotonic = monotonic
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def ready(self, key: str) -> bool:
-        now = self._monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._period:
-                return False
-            self._last[key] = now
-            return True
