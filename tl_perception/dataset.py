@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_perception.crop import CropError, CropPolicy
+from tl_perception.crop import Box, CropError, CropPolicy
 from tl_perception.errors import DatasetError, DirectoryLockError, one_line
 from tl_perception.fsutil import atomic_open, atomic_write_json
 
@@ -560,6 +560,16 @@ def _scan_class_tree(directory: Path, split: str | None) -> Iterable[Sample]:
         for path in sorted(class_dir.iterdir()):
             if is_image_file(path):
                 yield Sample(path=path, class_name=class_dir.name, split=split)
+
+
+def box_columns(box: Box | None, track: str = "") -> dict[str, str]:
+    """A crop's `box_x, box_y, box_w, box_h` (exact float text) and `track` manifest columns;
+    a whole frame has no box columns (and a track only where one is known)."""
+    columns = {"track": track} if track else {}
+    if box is not None:
+        x, y, w, h = box.to_xywh()
+        columns.update(box_x=repr(x), box_y=repr(y), box_w=repr(w), box_h=repr(h))
+    return columns
 
 
 def _box_of(row: Mapping[str, str]) -> tuple[float, float, float, float] | None:

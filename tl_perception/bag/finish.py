@@ -29,7 +29,7 @@ from tl_perception.bag.plan import PlannedFrame, place_frames
 from tl_perception.bag.roiplan import place_roi_frames
 from tl_perception.bag.workdir import WorkDir, write_marker
 from tl_perception.crop import Box
-from tl_perception.dataset import manifest_text, slug
+from tl_perception.dataset import box_columns, manifest_text, slug
 from tl_perception.errors import DatasetError
 from tl_perception.fsutil import FILE_MODE, atomic_write_text
 
@@ -229,22 +229,8 @@ class _BagWriter:
                 "encoding": frame.encoding,
                 "sha256": result.sha256,
                 "sequence": item.sequence,
-                **_box_columns(item),
+                **box_columns(item.box, item.track),
             }
         )
         self.kept[(item.class_dir, split)] += 1
         return None
-
-
-def _box_columns(item: _Item) -> dict[str, str]:
-    """`box_x, box_y, box_w, box_h` (exact float text) and `track`; empty for whole frames."""
-    if item.box is None:
-        return {}
-    x, y, w, h = item.box.to_xywh()
-    return {
-        "box_x": repr(x),
-        "box_y": repr(y),
-        "box_w": repr(w),
-        "box_h": repr(h),
-        "track": item.track,
-    }

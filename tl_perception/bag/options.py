@@ -17,6 +17,7 @@ from tl_perception import __version__
 from tl_perception.bag.frames import Crop
 from tl_perception.bag.plan import FrameFilter, LabelSpec
 from tl_perception.bag.roiplan import MAX_NEGATIVES, RoiOptions
+from tl_perception.crop import policy_record
 from tl_perception.dataset import is_empty_label
 from tl_perception.engine.base import EngineSpec
 from tl_perception.errors import DatasetError
@@ -76,7 +77,7 @@ class ExtractOptions:
 
     def policy_record(self) -> dict[str, Any] | None:
         """The `crop_policy` of dataset.json: None for whole frames."""
-        return self.rois.policy.to_dict() if self.rois is not None else None
+        return policy_record(self.rois.policy if self.rois is not None else None)
 
     def content_hash(self) -> str:
         """A hash of everything that decides the output of a unit (the CSV of boxes by its

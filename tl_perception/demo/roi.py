@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_perception.crop import policy_record
 from tl_perception.demo.steps import (
     NAMESPACE,
     Log,
@@ -344,7 +345,7 @@ def _facts(workdir: Path, state: State, live: dict[str, Any], started: float) ->
     seconds = live["seconds"] or 1.0
     return {
         "classes": list(bundle.class_names),
-        "crop_policy": bundle.crop_policy.to_dict() if bundle.crop_policy else None,
+        "crop_policy": policy_record(bundle.crop_policy),
         "dataset": str(where.dataset),
         "train_images": extracted["counts"].get("train", 0),
         "val_images": extracted["counts"].get("val", 0),

@@ -30,6 +30,7 @@ from tl_perception.dataset import (
     SUMMARY_FILE,
     UNLABELED_DIR,
     DirectoryLock,
+    box_columns,
     crop_policy_of,
     read_manifest,
     read_summary,
@@ -230,7 +231,7 @@ class CaptureStore:
             "encoding": item.encoding,
             "sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
             "sequence": self.runs.sequence(item.camera, stamp_ns, item.track),
-            **_box_columns(item),
+            **box_columns(item.box, item.track),
             **dict(zip(CAPTURE_COLUMNS, _capture_values(item, self.context), strict=True)),
         }
         self.unflushed += 1
@@ -308,20 +309,6 @@ def _check_resumable(
             "new directory"
         )
     return str(record["source"])
-
-
-def _box_columns(item: CaptureItem) -> dict[str, str]:
-    """`box_x, box_y, box_w, box_h` (exact float text) and `track`, as extraction writes them."""
-    if item.box is None:
-        return {"track": item.track} if item.track else {}
-    x, y, w, h = item.box.to_xywh()
-    return {
-        "box_x": repr(x),
-        "box_y": repr(y),
-        "box_w": repr(w),
-        "box_h": repr(h),
-        "track": item.track,
-    }
 
 
 def _capture_values(item: CaptureItem, context: CaptureContext) -> tuple[str, str, str, str]:
