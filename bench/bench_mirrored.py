@@ -1,10 +1,10 @@
 """`--distribute mirrored` on two logical CPU devices against one device, over several seeds.
 
-The noise that test_distribute's accuracy tolerance is derived from: for each seed, the test's
-own comparison (`test/mirrored_runs.py` COMPARE_CONFIG on SPLIT) on one device and mirrored over
+The noise that test_distribute's accuracy tolerance is derived from: for each seed, the test's own
+comparison (`test/support/mirrored_runs.py` COMPARE_CONFIG on SPLIT) on one device and mirrored over
 2 replicas. Prints per seed val accuracy and final train loss of both, and the wall-time ratio
-mirrored / one device measured in the same run (two logical devices share the same cores, so
-the ratio shows the strategy's overhead, not a speed-up).
+mirrored / one device measured in the same run (two logical devices share the same cores, so the
+ratio shows the strategy's overhead, not a speed-up).
 
     nice -n 19 .venv/bin/python bench/bench_mirrored.py [--seeds 10] [--json out.json]
 """
@@ -30,8 +30,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    from finetune_helpers import make_confusable_split
-    from mirrored_runs import COMPARE_CONFIG, SPLIT, run, split_cpu
+    from support.finetune_helpers import make_confusable_split
+    from support.mirrored_runs import COMPARE_CONFIG, SPLIT, run, split_cpu
 
     devices = split_cpu(2)
     work = Path(tempfile.mkdtemp(prefix="bench_mirrored_"))

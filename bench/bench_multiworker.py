@@ -7,12 +7,12 @@ Routes (`--route`, several allowed):
             here with 2 CPUs (it sets TF_CONFIG, and TF_USE_LEGACY_KERAS, on every worker);
             needs `pip install 'ray[train]==2.60.0'` (the project pins plain ray)
 
-Every worker trains what `finetune` trains: the same `TrainingRun`, `build_network`,
-`train_phases` and `calibrate_network`, inside the route's strategy scope, on the data and
-options of test_distribute's mirrored comparison (`test/mirrored_runs.py`; `--overrides` changes
-them). Per worker it reports: ok or the exact error (type, one line, and where in Keras and TF it
-was raised), the loss histories, val accuracy, a SHA-256 of the trained weights (synchronised
-workers have the same), the replica count, TF_USE_LEGACY_KERAS and what `tf.keras` resolves to.
+Every worker trains what `finetune` trains: the same `TrainingRun`, `build_network`, `train_phases`
+and `calibrate_network`, inside the route's strategy scope, on the data and options of
+test_distribute's mirrored comparison (`test/support/mirrored_runs.py`; `--overrides` changes them).
+Per worker it reports: ok or the exact error (type, one line, and where in Keras and TF it was
+raised), the loss histories, val accuracy, a SHA-256 of the trained weights (synchronised workers
+have the same), the replica count, TF_USE_LEGACY_KERAS and what `tf.keras` resolves to.
 
 `--patch-reduce nest|nest+scalar` (a diagnostic, never shipped): wraps the strategy's `reduce`
 so it accepts what Keras 3.15 hands it under MultiWorkerMirroredStrategy (a nest of per-replica
@@ -62,8 +62,8 @@ def main() -> int:
         spec = json.loads(Path(args.worker).read_text())
         Path(spec["result"]).write_text(json.dumps(train_worker(spec)))
         return 0
-    from finetune_helpers import make_confusable_split
-    from mirrored_runs import COMPARE_CONFIG, SPLIT
+    from support.finetune_helpers import make_confusable_split
+    from support.mirrored_runs import COMPARE_CONFIG, SPLIT
 
     work = Path(tempfile.mkdtemp(prefix="bench_multiworker_"))
     results: dict[str, Any] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,8 +23,6 @@ os.environ["ROS_LOG_DIR"] = _LOG_DIR
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -53,6 +50,6 @@ def keras_home(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def color_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real, tiny, trained bundle that tells red, green and blue images apart (32x32)."""
-    from helpers import make_color_bundle
+    from support.helpers import make_color_bundle
 
     return make_color_bundle(tmp_path_factory.mktemp("bundles") / "color")
