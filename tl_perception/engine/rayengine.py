@@ -27,6 +27,7 @@ from tl_perception.engine.base import (
     Job,
     Outcome,
     R,
+    Resources,
     S,
     T,
     Tagged,
@@ -99,6 +100,7 @@ class RayEngine:
 
     def map_unordered(self, job: Job[S, T, R], items: Iterable[T]) -> Iterator[Outcome[T, R]]:
         ray = self._ray
+        check_feasible(job.resources, ray.nodes())
         boxed = [ray.put(job)]  # in a list, so Ray passes the reference, not the value
         task = self._remote.options(
             num_cpus=job.resources.num_cpus,
@@ -172,6 +174,24 @@ def _ray_unit(boxed: list[Any], item: Any) -> Tagged:
         job.init()
         _STARTED.add(job.init)
     return call_unit(job, item)
+
+
+def check_feasible(resources: Resources, nodes: list[dict[str, Any]]) -> None:
+    """Refuse, in one line and before any task is submitted, units that no alive node can
+    take: Ray would keep them pending for ever, warning only in its own logs."""
+    alive: list[dict[str, float]] = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    if any(
+        have.get("CPU", 0) >= resources.num_cpus and have.get("GPU", 0) >= resources.num_gpus
+        for have in alive
+    ):
+        return
+    empty: dict[str, float] = {}
+    largest = max(alive, key=lambda have: (have.get("CPU", 0), have.get("GPU", 0)), default=empty)
+    raise EngineError(
+        f"each unit asks for {resources.num_cpus:g} CPUs and {resources.num_gpus:g} GPUs, more "
+        f"than any node of the Ray cluster has (the largest: {largest.get('CPU', 0):g} CPUs, "
+        f"{largest.get('GPU', 0):g} GPUs)"
+    )
 
 
 def check_reachable(address: str) -> None:
