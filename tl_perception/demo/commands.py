@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from tl_perception.cliutil import comma_list
 from tl_perception.demo.pipeline import MODES
+from tl_perception.engine.base import ENGINES
+from tl_perception.errors import TrainingError
 from tl_perception.train.config import STRATEGIES, STRATEGY_CHOICES
 
 
@@ -51,11 +54,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     exp = subparsers.add_parser(
         "experiment",
-        help="fine-tune + evaluate every backbone x strategy pair; results.md and a chart",
+        help="fine-tune + evaluate every backbone x strategy x seed; results.md and a chart",
         description="Reproduce the comparison of networks and strategies on your own dataset: "
-        "finetune and evaluate each (backbone, strategy) pair, sharing one feature cache, then "
-        "write OUT/results.md (test accuracy, train time, trainable parameters, what auto would "
-        "choose) and OUT/results.png. Finished pairs are skipped on re-run.",
+        "finetune and evaluate each cell (backbone, strategy, seed), sharing one feature cache, "
+        "here or as Ray tasks, then write OUT/results.md (test accuracy, train time, trainable "
+        "parameters, what auto would choose, mean ± sd over seeds, failed cells with their "
+        "reason) and OUT/results.png. Finished cells are skipped on re-run, failed ones retried. "
+        "Exit 1 if any cell failed.",
     )
     exp.add_argument("dataset", type=Path, help="dataset directory (extract output or a tree)")
     exp.add_argument(
@@ -74,7 +79,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     exp.add_argument("--epochs", type=int, default=None, help="epochs (trainer default if unset)")
     exp.add_argument("--input-size", type=int, default=None, help="pixels (backbone default)")
     exp.add_argument("--weights", default="imagenet", help="imagenet, none or a .h5 file")
-    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--seed", type=int, default=None, help="one seed (0); see --seeds")
+    exp.add_argument(
+        "--seeds", type=comma_list, metavar="S1,S2,...", help="a grid dimension: one cell per seed"
+    )
     exp.add_argument("--test-split", default="test", help="split to evaluate on (test)")
     exp.add_argument(
         "--test",
@@ -92,11 +100,75 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="as finetune's: its first group, searched in each file name, names the sequence "
         "kept on one side of the val split and auto's probe",
     )
+    _register_engine(exp)
     exp.set_defaults(func=run_experiment_command)
 
 
+def _register_engine(exp: argparse.ArgumentParser) -> None:
+    """Where the cells run (docs/scaling.md, "A grid of experiments on Ray")."""
+    group = exp.add_argument_group("where cells run")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: this machine (default); ray: one Ray task per cell",
+    )
+    group.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="the Ray cluster (default: RAY_ADDRESS, else a local Ray for this run)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="cells at once (local default 1: in this process; ray default: the cluster's CPUs)",
+    )
+    group.add_argument(
+        "--cpus-per-cell", type=float, default=1.0, metavar="N", help="CPUs a Ray cell asks for (1)"
+    )
+    group.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="GPUs a Ray cell asks for (0: Ray hides the GPUs from it); e.g. 1 or 0.5",
+    )
+
+
+def _seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.seeds is not None and args.seed is not None:
+        raise TrainingError("give --seed or --seeds, not both")
+    if args.seeds is None:
+        return (0 if args.seed is None else args.seed,)
+    try:
+        return tuple(int(s) for s in args.seeds)
+    except ValueError:
+        raise TrainingError(f"--seeds {','.join(args.seeds)}: expected integers") from None
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`engine` and `resources` of ExperimentOptions, checked (exit 2 on bad values)."""
+    from tl_perception.engine import EngineSpec, Resources
+
+    if args.ray_address is not None and args.engine != "ray":
+        raise TrainingError("--ray-address needs --engine ray")
+    if args.workers is not None and args.workers < 1:
+        raise TrainingError(f"--workers {args.workers}: need at least 1")
+    workers = args.workers if args.workers or args.engine == "ray" else 1
+    return {
+        "engine": EngineSpec(args.engine, workers, args.ray_address),
+        "resources": Resources(args.cpus_per_cell, args.gpus_per_cell),
+    }
+
+
 def run_experiment_command(args: argparse.Namespace) -> int:
-    from tl_perception.demo.experiment import BackboneSpec, ExperimentOptions, run_experiment
+    from tl_perception.demo.experiment import (
+        BackboneSpec,
+        ExperimentOptions,
+        failed_cells,
+        run_experiment,
+    )
 
     options = ExperimentOptions(
         dataset=args.dataset,
@@ -106,14 +178,22 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         input_size=args.input_size,
         weights=args.weights,
-        seed=args.seed,
+        seeds=_seeds(args),
         test_split=args.test_split,
         test_dataset=args.test,
         cache_dir=args.cache_dir,
         extra={} if args.group_regex is None else {"group_regex": args.group_regex},
+        **_engine_options(args),
     )
-    run_experiment(options)
+    state = run_experiment(options)
     print((args.out / "results.md").read_text(encoding="utf-8"))
+    if failed := failed_cells(options, state):
+        print(
+            f"tl-perception experiment: {len(failed)} of {len(options.cells())} cells failed "
+            "(listed in results.md); the others are in the table",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -1,131 +1,105 @@
-"""`experiment`: fine-tune and evaluate every (backbone, strategy) pair on one dataset.
+"""`experiment`: fine-tune and evaluate every cell (backbone x strategy x seed) on one dataset.
 
 This reproduces the seed's comparison (VGG / GoogLeNet / ResNet with feature extraction) on the
-user's own data, for all four strategies. Pairs share one feature cache, so the frozen backbone
-runs over each image once per backbone. Each finished pair is recorded in `experiment.json`
-right away, so an interrupted run resumes where it stopped and a re-run skips what is done (as
-long as the options that shape a result are unchanged).
+user's own data, for all four strategies and any number of seeds. Each cell is one unit of work
+(`cells.run_cell`) that an engine runs: in this process (`--workers 1`), in a local pool, or as
+a Ray task asking for `--cpus-per-cell`/`--gpus-per-cell`. Cells share one feature cache on the
+shared path (its shards are written atomically, so concurrent cells may fill it), so the frozen
+backbone runs over each image about once per backbone. Each finished or failed cell is recorded
+in `experiment.json` as its outcome arrives, so an interrupted run resumes where it stopped and
+a re-run skips finished cells (as long as the options that shape a result are unchanged) and
+retries failed ones. The table is reduced on the driver in grid order, never completion order.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tl_perception.dataset import read_dataset
-from tl_perception.errors import DatasetError, TrainingError
-from tl_perception.fsutil import atomic_save_figure, atomic_write_json, atomic_write_text
+from tl_perception.demo.cells import BUNDLES_DIR, TIMING_FIELDS, failed_row, run_cell
+from tl_perception.demo.grid import CACHE_DIR, BackboneSpec, Cell, ExperimentOptions
+from tl_perception.demo.table import RESULTS_PNG, auto_choices, plot_results, results_markdown
+from tl_perception.engine import Job, open_engine
+from tl_perception.errors import DatasetError, TlPerceptionError, TrainingError, one_line
+from tl_perception.fsutil import atomic_write_json, atomic_write_text
 from tl_perception.train.config import STRATEGY_CHOICES, FinetuneConfig
+
+__all__ = [
+    "BUNDLES_DIR",
+    "CACHE_DIR",
+    "RESULTS_MD",
+    "RESULTS_PNG",
+    "STATE_FILE",
+    "TIMING_FIELDS",
+    "BackboneSpec",
+    "Cell",
+    "ExperimentOptions",
+    "auto_choices",
+    "failed_cells",
+    "plot_results",
+    "probe_auto_decision",
+    "results_markdown",
+    "run_experiment",
+]
 
 STATE_FILE = "experiment.json"
 RESULTS_MD = "results.md"
-RESULTS_PNG = "results.png"
-BUNDLES_DIR = "bundles"
-CACHE_DIR = "feature_cache"
+STATE_VERSION = 2
 
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """`mobilenet_v2` or `mobilenet_v2:0.35` (name and optional width multiplier)."""
-
-    name: str
-    alpha: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> BackboneSpec:
-        name, _, alpha = text.strip().partition(":")
-        if not name:
-            raise TrainingError(f"empty backbone name in {text!r}")
-        try:
-            return cls(name, float(alpha) if alpha else None)
-        except ValueError:
-            raise TrainingError(f"backbone {text!r}: alpha after ':' must be a number") from None
-
-    @property
-    def label(self) -> str:
-        return self.name if self.alpha is None else f"{self.name}:{self.alpha:g}"
-
-
-@dataclass(frozen=True)
-class ExperimentOptions:
-    dataset: Path
-    out: Path
-    backbones: tuple[BackboneSpec, ...]
-    strategies: tuple[str, ...]
-    epochs: int | None = None
-    input_size: int | None = None
-    weights: str = "imagenet"
-    seed: int = 0
-    test_split: str = "test"
-    test_dataset: Path | None = None
-    cache_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # more FinetuneConfig fields
-
-    def settings(self, backbone: BackboneSpec, strategy: str) -> dict[str, Any]:
-        """Everything that shapes one pair's result: a change means the pair is re-run."""
-        return {
-            "dataset": str(self.dataset.resolve()),
-            "test": str((self.test_dataset or self.dataset).resolve()),
-            "test_split": self.test_split,
-            "backbone": backbone.name,
-            "alpha": backbone.alpha,
-            "strategy": strategy,
-            "epochs": self.epochs,
-            "input_size": self.input_size,
-            "weights": self.weights,
-            "seed": self.seed,
-            "extra": dict(sorted(self.extra.items())),
-        }
-
-
 def run_experiment(options: ExperimentOptions, log: Log = print) -> dict[str, Any]:
-    """Run every missing pair, then write results.md and results.png; returns the state."""
+    """Run every cell not finished before, then write results.md and results.png; the state.
+
+    A cell that fails is recorded with its reason (see `failed_cells`) and the others go on.
+
+    Raises:
+        TlPerceptionError: options no cell can run with, or an engine that cannot start (one
+            line, before any cell runs).
+    """
+    cells = options.cells()
+    _check_options(options, cells)
+    options.out.mkdir(parents=True, exist_ok=True)
+    state_path = options.out / STATE_FILE
+    state = _load_state(state_path)
+    todo = _cells_to_run(options, cells, state, log)
+    if todo:
+        _run_cells(options, todo, state, log)
+    if "auto" not in options.strategies:
+        for backbone in options.backbones:
+            _try_auto_choice(options, backbone, state, log)
+    atomic_write_json(state_path, state)  # key-sorted: the same whatever order cells ended in
+    rows = _table_rows(state, cells)
+    atomic_write_text(options.out / RESULTS_MD, results_markdown(options, rows))
+    plot_results(rows, options.out / RESULTS_PNG)
+    log(f"wrote {options.out / RESULTS_MD} and {options.out / RESULTS_PNG}")
+    return state
+
+
+def failed_cells(options: ExperimentOptions, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of this grid's cells that failed, in grid order."""
+    rows = (state["cells"].get(cell.key, {}) for cell in options.cells())
+    return [row for row in rows if row.get("failed")]
+
+
+def _check_options(options: ExperimentOptions, cells: Sequence[Cell]) -> None:
+    """Refuse, before anything runs, what would fail every cell the same way."""
     for strategy in options.strategies:
         if strategy not in STRATEGY_CHOICES:
             raise TrainingError(
                 f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGY_CHOICES)}"
             )
+    if not options.seeds or len(set(options.seeds)) != len(options.seeds):
+        raise TrainingError(f"seeds {list(options.seeds)}: give at least one, each once")
+    if options.resources.num_cpus <= 0 or options.resources.num_gpus < 0:
+        raise TrainingError("--cpus-per-cell must be > 0 and --gpus-per-cell >= 0")
+    for cell in cells:
+        options.config(cell)
     _check_test_data(options)
-    options.out.mkdir(parents=True, exist_ok=True)
-    state_path = options.out / STATE_FILE
-    state = _load_state(state_path)
-    pairs = [(b, s) for b in options.backbones for s in options.strategies]
-    for number, (backbone, strategy) in enumerate(pairs, start=1):
-        key = f"{backbone.label}/{strategy}"
-        settings = options.settings(backbone, strategy)
-        done = state["pairs"].get(key)
-        bundle = options.out / BUNDLES_DIR / f"{backbone.label.replace(':', '_')}__{strategy}"
-        if done and done.get("settings") == settings and bundle.is_dir():
-            log(f"[{number}/{len(pairs)}] {key}: done before, skipped")
-            continue
-        log(f"[{number}/{len(pairs)}] {key}: training")
-        state["pairs"][key] = _run_pair(options, backbone, strategy, bundle, log) | {
-            "settings": settings
-        }
-        atomic_write_json(state_path, state)
-        row = state["pairs"][key]
-        log(
-            f"[{number}/{len(pairs)}] {key}: test accuracy {row['test_accuracy']:.3f}, "
-            f"train {row['train_seconds']:.1f} s"
-        )
-    if "auto" not in options.strategies:
-        for backbone in options.backbones:
-            _record_auto_choice(options, backbone, state, log)
-        atomic_write_json(state_path, state)
-    rows = [state["pairs"][f"{b.label}/{s}"] for b, s in pairs]
-    for row in rows:
-        known = state.get("auto", {}).get(row["backbone"], {})
-        if not row.get("auto_choice") and known.get("strategy"):
-            row["auto_choice"], row["auto_reason"] = known["strategy"], known.get("reason")
-    atomic_write_text(options.out / RESULTS_MD, results_markdown(options, rows))
-    plot_results(rows, options.out / RESULTS_PNG)
-    log(f"wrote {options.out / RESULTS_MD} and {options.out / RESULTS_PNG}")
-    return state
 
 
 def _check_test_data(options: ExperimentOptions) -> None:
@@ -142,62 +116,124 @@ def _check_test_data(options: ExperimentOptions) -> None:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
-    import json
-
+    """experiment.json, or a fresh state; a version 1 file (pairs of one seed) is carried over,
+    so its finished pairs are not trained again."""
+    state: Any = None
     if path.is_file():
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(state, dict) and isinstance(state.get("pairs"), dict):
-                return state
         except (OSError, json.JSONDecodeError):
-            pass
-    return {"format": "tl_perception.experiment", "version": 1, "pairs": {}}
+            state = None
+    fresh = {"format": "tl_perception.experiment", "version": STATE_VERSION, "cells": {}}
+    if not isinstance(state, dict):
+        return fresh
+    if isinstance(state.get("cells"), dict):
+        return state
+    if isinstance(state.get("pairs"), dict):
+        return fresh | {"auto": state.get("auto", {}), "cells": _cells_of_v1(state["pairs"])}
+    return fresh
 
 
-def _run_pair(
-    options: ExperimentOptions,
-    backbone: BackboneSpec,
-    strategy: str,
-    bundle: Path,
-    log: Log,
-) -> dict[str, Any]:
-    from tl_perception.train.evaluate import evaluate
-    from tl_perception.train.finetune import finetune
+def _cells_of_v1(pairs: dict[str, Any]) -> dict[str, Any]:
+    cells = {}
+    for key, row in pairs.items():
+        seed = row.get("settings", {}).get("seed", 0)
+        cells[f"{key}/seed{seed}"] = row | {"seed": seed}
+    return cells
 
-    config = _config(options, backbone, strategy)
-    started = time.perf_counter()
-    result = finetune(options.dataset, bundle, config, log=lambda line: log(f"    {line}"))
-    wall = time.perf_counter() - started
-    test = options.test_dataset or options.dataset
-    metrics = evaluate(result.bundle_path, test, split=options.test_split)
-    decision = result.decision
-    return {
-        "backbone": backbone.label,
-        "strategy": strategy,
-        "trained_strategy": result.strategy,
-        "test_accuracy": float(metrics["accuracy"]),
-        "test_images": int(metrics["num_images"]),
-        "val_accuracy": _maybe_float(result.val_accuracy),
-        "train_seconds": float(result.train_seconds),
-        "wall_seconds": round(wall, 2),
-        "trainable_params": int(result.trainable_params),
-        # Only an `auto` run's decision says what auto picks; fixed strategies say "set by user".
-        "auto_choice": decision["strategy"] if strategy == "auto" else None,
-        "auto_reason": decision["reason"] if strategy == "auto" else None,
-        "bundle": str(bundle),
-    }
+
+def _is_finished(options: ExperimentOptions, cell: Cell, row: dict[str, Any] | None) -> bool:
+    if not row or row.get("failed") or row.get("settings") != options.settings(cell):
+        return False
+    return Path(row.get("bundle", "")).is_dir()
+
+
+def _cells_to_run(
+    options: ExperimentOptions, cells: Sequence[Cell], state: dict[str, Any], log: Log
+) -> list[tuple[int, Cell]]:
+    """(grid number, cell) of every cell not finished with these settings; logs the others."""
+    one_seed = len(options.seeds) == 1
+    todo = []
+    for number, cell in enumerate(cells, start=1):
+        if _is_finished(options, cell, state["cells"].get(cell.key)):
+            log(f"[{number}/{len(cells)}] {cell.label(one_seed)}: done before, skipped")
+        else:
+            todo.append((number, cell))
+    return todo
+
+
+def _run_cells(
+    options: ExperimentOptions, todo: list[tuple[int, Cell]], state: dict[str, Any], log: Log
+) -> None:
+    """Run `todo` on the options' engine; record each outcome in the state file on arrival."""
+    total = len(options.cells())
+    one_seed = len(options.seeds) == 1
+    numbers = {cell: number for number, cell in todo}
+    state_path = options.out / STATE_FILE
+    job = Job(run_cell, options, resources=options.resources, failures=(TlPerceptionError,))
+    with open_engine(options.engine) as engine:
+        log(
+            f"{len(todo)} of {total} cells to run, {engine.workers} at once ({options.engine.kind})"
+        )
+        for outcome in engine.map_unordered(job, _announced(todo, total, one_seed, log)):
+            cell = outcome.item
+            row = outcome.value if outcome.ok else failed_row(cell, outcome.failure or "")
+            assert row is not None
+            state["cells"][cell.key] = row | {"settings": options.settings(cell)}
+            atomic_write_json(state_path, state)
+            log(f"[{numbers[cell]}/{total}] {cell.label(one_seed)}: {_summary(row)}")
+
+
+def _announced(
+    todo: list[tuple[int, Cell]], total: int, one_seed: bool, log: Log
+) -> Iterator[Cell]:
+    """The cells, each logged as the engine takes it."""
+    for number, cell in todo:
+        log(f"[{number}/{total}] {cell.label(one_seed)}: training")
+        yield cell
+
+
+def _summary(row: dict[str, Any]) -> str:
+    if row.get("failed"):
+        return f"failed: {row['failed']}"
+    return f"test accuracy {row['test_accuracy']:.3f}, train {row['train_seconds']:.1f} s"
+
+
+def _table_rows(state: dict[str, Any], cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """The grid's rows in grid order, each finished one with what auto would choose for its
+    backbone (from auto's probe, when the grid trains no `auto` cell)."""
+    rows = []
+    for cell in cells:
+        row = dict(state["cells"][cell.key])
+        known = state.get("auto", {}).get(row["backbone"], {})
+        if not row.get("failed") and not row.get("auto_choice") and known.get("strategy"):
+            row["auto_choice"], row["auto_reason"] = known["strategy"], known.get("reason")
+        rows.append(row)
+    return rows
+
+
+def _try_auto_choice(
+    options: ExperimentOptions, backbone: BackboneSpec, state: dict[str, Any], log: Log
+) -> None:
+    """`_record_auto_choice`, where a probe that cannot run (a backbone this input size does
+    not fit) leaves that backbone without a choice instead of failing the grid."""
+    try:
+        _record_auto_choice(options, backbone, state, log)
+    except TlPerceptionError as err:
+        log(f"{backbone.label}: auto's probe failed: {one_line(err)}")
 
 
 def _record_auto_choice(
     options: ExperimentOptions, backbone: BackboneSpec, state: dict[str, Any], log: Log
 ) -> None:
     """What `--strategy auto` would pick for `backbone`, from its probes alone (no training)."""
-    settings = options.settings(backbone, "auto")
+    cell = Cell(backbone, "auto", options.seeds[0])
+    settings = options.settings(cell)
     known = state.setdefault("auto", {}).get(backbone.label)
     if known and known.get("settings") == settings:
         return
     log(f"{backbone.label}: probing what auto would choose")
-    decision = probe_auto_decision(options.dataset, _config(options, backbone, "auto"), log)
+    decision = probe_auto_decision(options.dataset, options.config(cell), log)
     state["auto"][backbone.label] = {
         "strategy": decision["strategy"],
         "reason": decision["reason"],
@@ -214,98 +250,3 @@ def probe_auto_decision(dataset: Path, config: FinetuneConfig, log: Log) -> dict
     from tl_perception.train.finetune import decide_strategy
 
     return decide_strategy(dataset, config, log)
-
-
-def _config(options: ExperimentOptions, backbone: BackboneSpec, strategy: str) -> FinetuneConfig:
-    return FinetuneConfig(
-        backbone=backbone.name,
-        alpha=backbone.alpha,
-        input_size=options.input_size,
-        weights=options.weights,
-        strategy=strategy,
-        epochs=options.epochs,
-        seed=options.seed,
-        cache_dir=str(options.cache_dir or options.out / CACHE_DIR),
-        **options.extra,
-    ).validate()
-
-
-def _maybe_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def auto_choices(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """backbone -> (strategy auto picks, why), from any pair that recorded the decision."""
-    out: dict[str, tuple[str, str]] = {}
-    for row in rows:
-        if row.get("auto_choice") and row["backbone"] not in out:
-            out[row["backbone"]] = (row["auto_choice"], row.get("auto_reason") or "")
-    return out
-
-
-def results_markdown(options: ExperimentOptions, rows: Sequence[dict[str, Any]]) -> str:
-    """The comparison table (one row per pair) and auto's choice per backbone."""
-    choices = auto_choices(rows)
-    test = options.test_dataset or options.dataset
-    extra = "".join(f"; {name}: `{value}`" for name, value in sorted(options.extra.items()))
-    lines = [
-        f"# Experiment on `{options.dataset}`",
-        "",
-        f"Test images: `{test}` (split `{options.test_split}`). Epochs: "
-        f"{options.epochs or 'trainer default'}; input size: "
-        f"{options.input_size or 'backbone default'}; weights: {options.weights}; "
-        f"seed: {options.seed}{extra}.",
-        "",
-        "| backbone | strategy | test accuracy | val accuracy | train time (s) | "
-        "trainable params | auto would choose |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
-    for row in rows:
-        strategy = row["strategy"]
-        if strategy == "auto":
-            strategy = f"auto → {row['trained_strategy']}"
-        choice = choices.get(row["backbone"], ("n/a", ""))[0]
-        mark = " ✓" if choice in (row["strategy"], row["trained_strategy"]) else ""
-        val = "n/a" if row["val_accuracy"] is None else f"{row['val_accuracy']:.3f}"
-        lines.append(
-            f"| {row['backbone']} | {strategy} | {row['test_accuracy']:.3f} | {val} | "
-            f"{row['train_seconds']:.1f} | {row['trainable_params']:,} | {choice}{mark} |"
-        )
-    if choices:
-        lines += ["", "## Why auto chose", ""]
-        lines += [f"- **{b}**: `{c}`. {why}" for b, (c, why) in choices.items()]
-    else:
-        lines += [
-            "",
-            "Add `auto` to `--strategies` to record which strategy auto picks and why.",
-        ]
-    lines += ["", f"![test accuracy per backbone and strategy]({RESULTS_PNG})", ""]
-    return "\n".join(lines)
-
-
-def plot_results(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Grouped bars: test accuracy and train time per strategy, one colour per backbone."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
-    by_pair = {(r["backbone"], r["strategy"]): r for r in rows}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(len(backbones), 1)
-    x = np.arange(len(strategies))
-    for i, backbone in enumerate(backbones):
-        acc = [by_pair[(backbone, s)]["test_accuracy"] for s in strategies]
-        secs = [by_pair[(backbone, s)]["train_seconds"] for s in strategies]
-        axes[0].bar(x + i * width, acc, width, label=backbone)
-        axes[1].bar(x + i * width, secs, width, label=backbone)
-    for ax, title in zip(axes, ("test accuracy", "train time (s)"), strict=True):
-        ax.set_xticks(x + width * (len(backbones) - 1) / 2, strategies, rotation=15)
-        ax.set_title(title)
-    axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    return atomic_save_figure(fig, path, dpi=100)
