@@ -81,8 +81,10 @@ def test_experiment_writes_table_and_chart_then_skips_finished_pairs(
     assert "set by user" not in table  # the probe's reason, not a fixed strategy's
     assert (out / RESULTS_PNG).read_bytes().startswith(b"\x89PNG")
     state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
-    pairs = state["pairs"]
-    assert set(pairs) == {"mobilenet_v2:0.35/feature_extraction", "mobilenet_v2:0.35/truncate"}
+    pairs = state["cells"]
+    assert set(pairs) == {
+        f"mobilenet_v2:0.35/{s}/seed0" for s in ("feature_extraction", "truncate")
+    }
     assert all(p["test_images"] == 12 for p in pairs.values())
     bundles = {k: Path(p["bundle"]) for k, p in pairs.items()}
     mtimes = {k: (b / "bundle.json").stat().st_mtime_ns for k, b in bundles.items()}
@@ -103,7 +105,7 @@ def test_experiment_writes_table_and_chart_then_skips_finished_pairs(
     assert "[2/3] mobilenet_v2:0.35/truncate: done before, skipped" in lines
     assert "[3/3] mobilenet_v2:0.35/auto: training" in lines
     assert {k: (b / "bundle.json").stat().st_mtime_ns for k, b in bundles.items()} == mtimes
-    auto_row = state["pairs"]["mobilenet_v2:0.35/auto"]
+    auto_row = state["cells"]["mobilenet_v2:0.35/auto/seed0"]
     assert auto_row["trained_strategy"] == auto_row["auto_choice"]
     assert "auto → " in (out / RESULTS_MD).read_text(encoding="utf-8")
 

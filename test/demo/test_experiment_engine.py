@@ -34,6 +34,9 @@ from tl_perception.train.cache import FeatureCache
 from support.helpers import color_image
 from support.rayutil import local_ray_session
 
+#: One worker runs every module that starts a Ray (test/conftest.py).
+pytestmark = pytest.mark.xdist_group("ray")
+
 BACKBONE = "mobilenet:0.25"
 #: inception_v3 takes 75 px and more: its cells fail inside the cell, the others go on.
 TOO_SMALL = "input size 32 is not valid for inception_v3"
