@@ -93,20 +93,6 @@ def test_auto_on_inseparable_data_picks_by_size(
     assert "images/class >= 10" in large["reason"]
 
 
-def test_auto_decision_is_recorded_in_the_bundle(datasets: dict[str, Path], tmp_path: Path) -> None:
-    from tl_perception.bundle import read_bundle
-    from tl_perception.train.finetune import finetune
-
-    cfg = _cfg(
-        tmp_path, weights="none", epochs=1, export_tflite=False, evaluate=False, solved_threshold=0
-    )
-    result = finetune(datasets["colors"], tmp_path / "b", cfg, log=print, verbose=0)
-    meta = read_bundle(result.bundle_path).meta
-    assert result.strategy == meta["strategy"] == meta["auto"]["strategy"] == "feature_extraction"
-    assert "already separate" in meta["auto"]["reason"]
-    assert set(meta["auto"]["probe_cut"]) >= {"accuracy", "chance", "skill"}
-
-
 def test_probe_holdout_keeps_each_sequence_on_one_side() -> None:
     from tl_perception.train.auto import holdout_mask
 

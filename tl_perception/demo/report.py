@@ -68,7 +68,10 @@ def fmt(value: Any, digits: int = 1, unit: str = "") -> str:
 
 def training_lines(facts: dict[str, Any]) -> list[str]:
     """The report's "Training" section: dataset, backbone, auto's choice and why, accuracies."""
+    from tl_perception.train.race import summary_lines
+
     train = facts["training"]
+    race = summary_lines(train)
     return [
         "## Training",
         "",
@@ -79,6 +82,7 @@ def training_lines(facts: dict[str, Any]) -> list[str]:
         f"weights {train['weights']}",
         f"- Strategy chosen by `auto`: **{train['strategy']}**",
         f"- Why: {train['reason']}",
+        *(["", "How `auto` raced the candidates on the val split:", "", *race, ""] if race else []),
         f"- Validation accuracy: **{fmt(train['val_accuracy'], 3)}**; test split accuracy: "
         f"{fmt(facts['test_accuracy'], 3)}; training took {fmt(train['train_seconds'], 0, ' s')}",
     ]

@@ -127,6 +127,7 @@ def finetune_step(
         settings,
         strategy=result.strategy,
         reason=result.decision.get("reason", ""),
+        race=result.decision.get("race"),
         val_accuracy=result.val_accuracy,
         train_seconds=result.train_seconds,
         trainable_params=result.trainable_params,

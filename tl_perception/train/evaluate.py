@@ -186,6 +186,8 @@ def evaluate_samples(
     )
     metrics.update(
         bundle=str(bundle.path),
+        strategy=bundle.meta.get("strategy"),
+        decision=bundle.meta.get("decision"),
         backend=classifier.backend,
         skipped=skipped,
         seconds=round(time.perf_counter() - started, 3),
@@ -313,6 +315,17 @@ def calibration_summary(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def strategy_summary(metrics: dict[str, Any]) -> list[str]:
+    """How the bundle's strategy was chosen: the reason, and `auto`'s race when it ran one."""
+    from tl_perception.train.race import summary_lines
+
+    decision = metrics.get("decision") or {}
+    if not decision:
+        return []
+    reason = f"strategy {metrics.get('strategy')}: {decision.get('reason', '')}"
+    return [reason, *summary_lines(decision)]
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """A compact text summary: headline numbers, then one line per class."""
     width = max(12, *(len(n) for n in metrics["class_names"]))
@@ -321,6 +334,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         f"{metrics['top5_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
         f"images {metrics['num_images']}  skipped {len(metrics.get('skipped', ()))}",
         *calibration_summary(metrics),
+        *strategy_summary(metrics),
         f"{'class':<{width}}  precision  recall      f1  support",
     ]
     for name, row in metrics["per_class"].items():

@@ -26,13 +26,13 @@ from tl_perception import backbones
 from tl_perception.bundle import REPORT_DIR, bundle_meta, write_bundle
 from tl_perception.errors import TlPerceptionError, TrainingError
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
-from tl_perception.train import auto, calibration
+from tl_perception.train import auto, calibration, race
 from tl_perception.train.config import FinetuneConfig
 from tl_perception.train.data import TrainingData, load_training_data
 from tl_perception.train.distribute import distribution_strategy
 from tl_perception.train.evaluate import evaluate_samples
 from tl_perception.train.export import export_tflite
-from tl_perception.train.phases import train_phases
+from tl_perception.train.phases import StrategyTraining
 from tl_perception.train.report import plot_training_curves
 from tl_perception.train.run import TrainingRun
 from tl_perception.train.strategies import Network, build_network, head_logits, probe_extractor
@@ -105,11 +105,9 @@ def finetune(
     tensorboard_dir = Path(tempfile.mkdtemp(prefix="tl_perception_tb_"))
     recorder = Recorder(checkpoints, tensorboard_dir, log, verbose)
     with distribution_strategy(cfg.distribute, cfg.batch_size, log).scope():
-        decision, base = _decision(run, checkpoints)
-        network = build_network(
-            backbone, len(run.data.class_names), decision["strategy"], base=base
-        )
-        history, phases = train_phases(network, run, recorder)
+        training, decision = _train(run, recorder)
+        history, phases = training.finish()
+        network = training.network
         val = calibrate_network(network, run)
     result = FinetuneResult(
         bundle_path=out,
@@ -204,19 +202,61 @@ def _open_checkpoints(out: Path, cfg: FinetuneConfig, log: Log) -> Checkpoints:
     return checkpoints
 
 
-def _decision(run: TrainingRun, checkpoints: Checkpoints) -> tuple[dict[str, Any], Any | None]:
-    """The strategy and why (a resumed run keeps its own), and the base auto's probe built."""
+def _train(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict[str, Any]]:
+    """The chosen strategy trained to its end, and why it was chosen.
+
+    `auto` races the candidates (`race.py`); a resumed run keeps its recorded decision and
+    continues the winner from its checkpoints, and a race cut short resumes each candidate
+    from its own.
+    """
+    checkpoints = recorder.checkpoints
     decision: dict[str, Any] | None = checkpoints.state.get("decision")
-    base = None
+    classes = len(run.data.class_names)
     if decision is None and run.cfg.strategy == "auto":
-        base = run.backbone.build_base()
-        decision = _auto_decision(run, base)
-    elif decision is None:
-        decision = {"strategy": run.cfg.strategy, "reason": "set by user"}
+        training, decision = _race(run, recorder)
+    else:
+        if decision is None:
+            decision = {"strategy": run.cfg.strategy, "reason": "set by user"}
+        strategy = decision["strategy"]
+        prefix = f"{strategy}." if "race" in decision else ""
+        network = build_network(run.backbone, classes, strategy)
+        training = StrategyTraining(network, run, recorder, name_prefix=prefix)
     run.log(f"strategy: {decision['reason']}")
     checkpoints.state["decision"] = decision
     checkpoints.save_state()
-    return decision, base
+    training.advance(None)
+    return training, decision
+
+
+def _race(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict[str, Any]]:
+    """Race the candidates on the val split; the winner's training and the decision record."""
+    base = run.backbone.build_base()
+    prior = _auto_decision(run, base)
+    if not len(run.data.val):
+        prior["reason"] += " (no val split to race on: the four-case rule decided)"
+        network = build_network(run.backbone, len(run.data.class_names), prior["strategy"], base)
+        return StrategyTraining(network, run, recorder), prior
+    candidates = race.plan_candidates(run.cfg, prior)
+    started = time.monotonic()
+
+    def build(candidate: race.Candidate) -> StrategyTraining:
+        import keras
+
+        keras.utils.set_random_seed(run.cfg.seed)  # each candidate as its own run would start
+        frozen = candidate.strategy in ("feature_extraction", "truncate")
+        network = build_network(
+            run.backbone,
+            len(run.data.class_names),
+            candidate.strategy,
+            base=base if frozen else None,
+        )
+        return StrategyTraining(network, run, recorder, name_prefix=f"{candidate.key}.")
+
+    contest = race.Race(candidates, build, run.log)
+    winner = contest.run()
+    decision = race.decision_record(contest, winner, prior, time.monotonic() - started)
+    assert isinstance(winner.trainee, StrategyTraining)
+    return winner.trainee, decision
 
 
 def _auto_decision(run: TrainingRun, base: Any) -> dict[str, Any]:

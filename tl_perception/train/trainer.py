@@ -66,37 +66,31 @@ class Recorder:
     verbose: Any = "auto"
 
 
+def _save_checkpoint(model: Any, checkpoints: Checkpoints, phase: str) -> None:
+    """Weights, optimizer state and the run's state file, each replaced atomically."""
+    target = checkpoints.weights_path(phase)
+    tmp = target.with_name(f".{target.name}.tmp.weights.h5")
+    model.save_weights(tmp)
+    tmp.replace(target)
+    variables = {f"v{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)}
+    opt_tmp = checkpoints.optimizer_path(phase).with_name(f".{phase}.tmp.npz")
+    np.savez(opt_tmp, **variables)
+    opt_tmp.replace(checkpoints.optimizer_path(phase))
+    checkpoints.save_state()
+
+
 def _checkpoint_callback(model: Any, checkpoints: Checkpoints, phase: str) -> Any:
-    """Weights + optimizer + history after every epoch; `done` once the phase ends.
-
-    Must come after EarlyStopping in the callback list, so the end-of-phase checkpoint holds
-    the best weights it restored.
-    """
+    """Weights + optimizer + history after every epoch (the phase's end: `PhaseTrainer.finish`)."""
     import keras
-
-    def save() -> None:
-        target = checkpoints.weights_path(phase)
-        tmp = target.with_name(f".{target.name}.tmp.weights.h5")
-        model.save_weights(tmp)
-        tmp.replace(target)
-        variables = {f"v{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)}
-        opt_tmp = checkpoints.optimizer_path(phase).with_name(f".{phase}.tmp.npz")
-        np.savez(opt_tmp, **variables)
-        opt_tmp.replace(checkpoints.optimizer_path(phase))
-        checkpoints.save_state()
 
     def on_epoch_end(epoch: int, logs: dict[str, Any] | None = None) -> None:
         record = checkpoints.phase(phase)
         for key, value in (logs or {}).items():
             record["history"].setdefault(key, []).append(float(value))
         record["epochs_done"] = epoch + 1
-        save()
+        _save_checkpoint(model, checkpoints, phase)
 
-    def on_train_end(logs: dict[str, Any] | None = None) -> None:
-        checkpoints.phase(phase)["done"] = True
-        save()
-
-    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -172,59 +166,150 @@ class PhasePlan:
 
 def run_phase(plan: PhasePlan, recorder: Recorder) -> dict[str, list[float]]:
     """Compile, (resume,) fit with early stopping and checkpoints; return the phase history."""
-    import keras
+    trainer = PhaseTrainer(plan, recorder)
+    trainer.advance(plan.epochs)
+    return trainer.finish()
 
-    checkpoints, log = recorder.checkpoints, recorder.log
-    record = checkpoints.phase(plan.name)
-    if plan.schedule == "cosine":
-        rate: Any = keras.optimizers.schedules.CosineDecay(
-            plan.learning_rate, decay_steps=max(1, plan.epochs * plan.steps_per_epoch), alpha=0.0
-        )
-    else:
-        rate = plan.learning_rate
-    model = plan.model
-    model.compile(
-        optimizer=keras.optimizers.Adam(rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    start = int(record["epochs_done"])
-    if start and checkpoints.weights_path(plan.name).is_file():
-        model.load_weights(checkpoints.weights_path(plan.name))
-        _restore_optimizer(model, checkpoints.optimizer_path(plan.name))
-        if record["done"] or start >= plan.epochs:
-            log(f"phase {plan.name!r}: already trained ({start} epochs), loaded its checkpoint")
-            return dict(record["history"])
-        log(f"phase {plan.name!r}: resuming at epoch {start + 1} of {plan.epochs}")
-    else:
-        start = 0
-        record.update(epochs_done=0, done=False, history={})
-    monitor = "val_accuracy" if plan.val_ds is not None else "accuracy"
-    callbacks: list[Any] = [
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max", patience=plan.patience, restore_best_weights=True
-        ),
-    ]
-    if plan.schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode="max", factor=0.3, patience=max(1, plan.patience // 2)
+
+class PhaseTrainer:
+    """One phase trained in steps: `advance(k)` fits up to epoch k, `finish()` ends the phase.
+
+    A plain run advances once to the end; `auto`'s race advances a candidate rung by rung, and
+    the steps add up to exactly the one run: the model is compiled once, so the optimizer's
+    moments and the cosine schedule's step counter carry on, and the weights are the last
+    epoch's. Early stopping (`BestEpochs`) also spans the steps; its best weights are put back
+    only by `finish()`, as Keras' EarlyStopping does at the end of `fit`.
+    """
+
+    def __init__(self, plan: PhasePlan, recorder: Recorder) -> None:
+        import keras
+
+        self.plan, self.recorder = plan, recorder
+        checkpoints = recorder.checkpoints
+        self.record = record = checkpoints.phase(plan.name)
+        if plan.schedule == "cosine":
+            rate: Any = keras.optimizers.schedules.CosineDecay(
+                plan.learning_rate,
+                decay_steps=max(1, plan.epochs * plan.steps_per_epoch),
+                alpha=0.0,
             )
+        else:
+            rate = plan.learning_rate
+        plan.model.compile(
+            optimizer=keras.optimizers.Adam(rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
         )
-    if recorder.tensorboard_dir is not None:
-        log_dir = recorder.tensorboard_dir / plan.name
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
-    callbacks.append(_checkpoint_callback(model, checkpoints, plan.name))
-    model.fit(
-        plan.train_ds,
-        validation_data=plan.val_ds,
-        epochs=plan.epochs,
-        initial_epoch=start,
-        class_weight=plan.class_weight,
-        callbacks=callbacks,
-        verbose=recorder.verbose,
-    )
-    return dict(checkpoints.phase(plan.name)["history"])
+        self.best = BestEpochs(plan.patience, "val_accuracy" if plan.val_ds else "accuracy")
+        self.finished = False
+        start = int(record["epochs_done"])
+        if start and checkpoints.weights_path(plan.name).is_file():
+            plan.model.load_weights(checkpoints.weights_path(plan.name))
+            _restore_optimizer(plan.model, checkpoints.optimizer_path(plan.name))
+            if record["done"] or start >= plan.epochs:
+                recorder.log(
+                    f"phase {plan.name!r}: already trained ({start} epochs), loaded its checkpoint"
+                )
+                self.finished = True
+            else:
+                recorder.log(f"phase {plan.name!r}: resuming at epoch {start + 1} of {plan.epochs}")
+        else:
+            record.update(epochs_done=0, done=False, history={})
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.record["epochs_done"])
+
+    @property
+    def score(self) -> float | None:
+        """The best monitored accuracy so far (val accuracy when there is a val split)."""
+        key = self.best.monitor
+        values = self.record["history"].get(key, [])
+        return max(values) if values else None
+
+    @property
+    def stopped(self) -> bool:
+        """Trained to its last epoch, or stopped early: advancing it further does nothing."""
+        return self.finished or self.best.stopped or self.epochs_done >= self.plan.epochs
+
+    def advance(self, to_epoch: int) -> None:
+        """Fit from the epoch reached so far up to `to_epoch` (capped at the phase's epochs)."""
+        import keras
+
+        plan = self.plan
+        target = min(to_epoch, plan.epochs)
+        if self.stopped or target <= self.epochs_done:
+            return
+        callbacks: list[Any] = [self.best.callback(plan.model)]
+        if plan.schedule == "plateau":
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor=self.best.monitor,
+                    mode="max",
+                    factor=0.3,
+                    patience=max(1, plan.patience // 2),
+                )
+            )
+        if self.recorder.tensorboard_dir is not None:
+            log_dir = self.recorder.tensorboard_dir / plan.name
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+        callbacks.append(_checkpoint_callback(plan.model, self.recorder.checkpoints, plan.name))
+        plan.model.fit(
+            plan.train_ds,
+            validation_data=plan.val_ds,
+            epochs=target,
+            initial_epoch=self.epochs_done,
+            class_weight=plan.class_weight,
+            callbacks=callbacks,
+            verbose=self.recorder.verbose,
+        )
+
+    def finish(self) -> dict[str, list[float]]:
+        """Put back the best epoch's weights, checkpoint the phase as done; its history."""
+        if not self.finished:
+            self.best.restore(self.plan.model)
+            self.record["done"] = True
+            _save_checkpoint(self.plan.model, self.recorder.checkpoints, self.plan.name)
+            self.finished = True
+        return dict(self.record["history"])
+
+
+class BestEpochs:
+    """Early stopping whose state spans several `fit` calls (Keras' resets at each one).
+
+    Stops when `monitor` has not improved for `patience` epochs; keeps the best epoch's weights
+    for `restore`.
+    """
+
+    def __init__(self, patience: int, monitor: str) -> None:
+        self.patience, self.monitor = patience, monitor
+        self.best_value: float | None = None
+        self.best_weights: list[Any] | None = None
+        self.wait = 0
+        self.stopped = False
+
+    def callback(self, model: Any) -> Any:
+        """A Keras callback for one `fit` of `model` that updates this state."""
+        import keras
+
+        def on_epoch_end(epoch: int, logs: dict[str, Any] | None = None) -> None:
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                return
+            if self.best_value is None or float(value) > self.best_value:
+                self.best_value, self.wait = float(value), 0
+                self.best_weights = model.get_weights()
+                return
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stopped = True
+                model.stop_training = True
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+    def restore(self, model: Any) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
 
 
 def _restore_optimizer(model: Any, path: Path) -> None:

@@ -1,0 +1,183 @@
+"""`--strategy auto` races the real candidates: rungs, pruning, budget, continued weights.
+
+Everything runs on tiny real Keras models (MobileNetV2 a0.35 at 32 px) and real PNG datasets;
+the race's bookkeeping is checked against what the trainer actually did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tl_perception.train import race
+from tl_perception.train.auto import decide
+from tl_perception.train.config import FinetuneConfig
+
+from support.finetune_helpers import make_color_dataset
+
+
+def probe(accuracy: float, chance: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "chance": chance, "skill": (accuracy - chance) / (1 - chance)}
+
+
+def tiny(tmp_path: Path, **overrides: object) -> FinetuneConfig:
+    values: dict[str, object] = {
+        "input_size": 32,
+        "weights": "none",
+        "strategy": "auto",
+        "epochs": 4,
+        "head_epochs": 1,
+        "cache_dir": str(tmp_path / "cache"),
+        "cache_augmentations": 1,
+        "export_tflite": False,
+        "evaluate": False,
+    }
+    values.update(overrides)
+    return FinetuneConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_color_dataset(tmp_path_factory.mktemp("race") / "colors", per_class=16)
+
+
+def test_rungs_halve_the_field_until_one_is_left() -> None:
+    assert [race.rung_count(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [0, 1, 2, 2, 3, 3, 4]
+    a, b, c = (race.Candidate(k, k) for k in ("a", "b", "c"))
+    # scores come from trainees; none trained yet: all tie, so the cheaper (earlier) go on
+    assert race.survivors([a, b, c], 2) == [a, b]
+
+
+@pytest.mark.parametrize(
+    ("per_class", "final", "cut", "pruned"),
+    [
+        (80, probe(0.42, 0.023), probe(0.43, 0.023), True),  # GTSRB: small, features help
+        (80, probe(0.05, 0.023), probe(0.04, 0.023), False),  # small, features near chance
+        (5000, probe(0.60, 0.1), probe(0.50, 0.1), False),  # large: everything races
+    ],
+)
+def test_the_four_case_rule_prunes_from_scratch_only_where_it_cannot_win(
+    per_class: int, final: dict, cut: dict, pruned: bool
+) -> None:
+    cfg = FinetuneConfig()
+    prior = decide(per_class, final, cut, "mid", cfg)
+    candidates = race.plan_candidates(cfg, prior)
+    assert [c.strategy for c in candidates] == [
+        "feature_extraction",
+        "truncate",
+        "fine_tune",
+        "from_scratch",
+    ]
+    scratch = candidates[-1]
+    assert (scratch.status == "pruned") is pruned
+    assert ("random initialisation needs thousands" in scratch.reason) is pruned
+    assert all(c.status == "racing" for c in candidates[:-1])
+
+
+def _weights_digest(model) -> str:  # type: ignore[no-untyped-def]
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def _fine_tune_in_steps(colors: Path, tmp_path: Path, steps: list[int | None], restart: bool):
+    """Train fine_tune's main phase in `steps`; `restart`: a new optimizer after the first."""
+    import keras
+
+    from tl_perception import backbones
+    from tl_perception.train.data import load_training_data
+    from tl_perception.train.phases import StrategyTraining
+    from tl_perception.train.run import TrainingRun
+    from tl_perception.train.strategies import build_network
+    from tl_perception.train.trainer import Checkpoints, Recorder
+
+    cfg = tiny(tmp_path, strategy="fine_tune")
+    choice = backbones.choose_backbone("mobilenet_v2", alpha=0.35, input_size=32, weights="none")
+    run = TrainingRun(cfg, choice, load_training_data(colors, 32, 0.2, 0, print), print)
+    keras.utils.set_random_seed(0)
+    network = build_network(choice, 3, "fine_tune")
+    training = StrategyTraining(
+        network, run, Recorder(Checkpoints(_mkdir(tmp_path / "ck")), None, print, 0)
+    )
+    for number, step in enumerate(steps):
+        if restart and number == 1:  # what "start again" would do: fresh optimizer, schedule
+            training = StrategyTraining(
+                network, run, Recorder(Checkpoints(_mkdir(tmp_path / "ck2")), None, print, 0)
+            )
+            training.advance(1)  # the head phase again, then the main phase from epoch 0
+        training.advance(step)
+    assert training.done
+    return _weights_digest(network.model), int(network.model.optimizer.iterations.numpy())
+
+
+def test_training_in_rungs_adds_up_to_exactly_one_run(colors: Path, tmp_path: Path) -> None:
+    """The race's steps are one run: same last-epoch weights and optimizer step as a plain
+    run; a restart at the rung (new optimizer and schedule) would not be."""
+    whole = _fine_tune_in_steps(colors, tmp_path / "whole", [None], restart=False)
+    rungs = _fine_tune_in_steps(colors, tmp_path / "rungs", [1, 2, None], restart=False)
+    again = _fine_tune_in_steps(colors, tmp_path / "again", [1, None], restart=True)
+    assert rungs == whole
+    assert again[0] != whole[0]
+
+
+def test_auto_races_prunes_and_records_every_rung(colors: Path, tmp_path: Path) -> None:
+    from tl_perception.bundle import read_bundle
+    from tl_perception.train.finetune import finetune
+
+    logs: list[str] = []
+    result = finetune(colors, tmp_path / "bundle", tiny(tmp_path), log=logs.append, verbose=0)
+    meta = read_bundle(result.bundle_path).meta
+    record = meta["auto"]["race"]
+    by_key = {c["key"]: c for c in record["candidates"]}
+    assert list(by_key) == ["feature_extraction", "truncate", "fine_tune", "from_scratch"]
+    assert by_key["from_scratch"]["status"] == "pruned" and by_key["from_scratch"]["rungs"] == []
+    winner = [c for c in record["candidates"] if c["status"] == "winner"]
+    assert len(winner) == 1 and winner[0]["strategy"] == result.strategy == meta["strategy"]
+    # three racers: shares 1/4, 1/2, 1; frozen candidates train whole at once
+    assert record["rung_shares"] == [0.25, 0.5, 1.0]
+    fine_tune = by_key["fine_tune"]
+    assert fine_tune["rungs"][0]["epochs"] == race.MIN_RUNG_EPOCHS  # max(2, ceil(4 / 4))
+    for c in record["candidates"]:
+        if c["status"] == "stopped":
+            assert c["reason"] and c["epochs"] <= 4
+    # budget accounting: each candidate's seconds are its rungs'; the race is at least all
+    for c in record["candidates"]:
+        assert c["seconds"] == pytest.approx(sum(r["seconds"] for r in c["rungs"]), abs=0.05)
+    assert record["seconds"] >= sum(c["seconds"] for c in record["candidates"]) - 0.05
+    # the winner was trained once: its main phase ran its own schedule, no rung twice
+    main = result.phases[-1]
+    assert main["epochs_run"] == winner[0]["epochs"] <= 4
+    assert any(line.startswith("race rung 0: fine_tune") for line in logs)
+    # the val split decided (never test); the prior guess is kept beside the race
+    prior = meta["auto"]["prior"]
+    assert prior["probe_final"]["images"] > 0 and prior["reason"].startswith(prior["strategy"])
+    assert set(meta["auto"]["probe_cut"]) >= {"accuracy", "chance", "skill"}
+    assert json.dumps(meta["decision"]) == json.dumps(meta["auto"])
+
+
+def test_a_finished_leader_with_nothing_left_to_gain_ends_the_race(
+    colors: Path, tmp_path: Path, shared_dir: Path
+) -> None:
+    """ImageNet features separate colours: feature_extraction validates at 1.0 at rung 0, so
+    fine_tune stops after its first rung instead of running on."""
+    from tl_perception.train.finetune import finetune
+
+    weights = str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5")
+    cfg = tiny(tmp_path, weights=weights, epochs=8)
+    result = finetune(colors, tmp_path / "bundle", cfg, log=print, verbose=0)
+    record = {c["key"]: c for c in result.decision["race"]["candidates"]}
+    assert result.strategy == "feature_extraction"
+    assert record["feature_extraction"]["val_accuracy"] == 1.0
+    assert record["fine_tune"]["status"] == "stopped"
+    assert "less than 0.01 left to gain" in record["fine_tune"]["reason"]
+    assert record["fine_tune"]["epochs"] == race.MIN_RUNG_EPOCHS < 8

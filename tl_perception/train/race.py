@@ -1,0 +1,278 @@
+"""`--strategy auto`: a race of the real candidates, decided on validation accuracy.
+
+A linear probe on frozen features cannot see what fine-tuning would learn (mirror pairs such as
+keep_left / keep_right look alike to globally pooled ImageNet features), so `auto` trains the
+candidates instead and keeps the one that validates best, by successive halving (Jamieson &
+Talwalkar 2016):
+
+- rung r of R gives every live candidate the share eta**(r - R) of its *main* phase (the last
+  one: fine_tune's unfrozen phase, from_scratch's only phase); earlier phases (fine_tune's head
+  on cached features) run whole at the first rung, and so do main phases on cached features
+  (feature_extraction, truncate: their whole schedule costs less than one unfrozen epoch);
+- after each rung the better 1/eta (rounded up) go on, judged by their best validation accuracy
+  so far (ties: the cheaper candidate, listed first);
+- the last candidate standing continues to its full schedule: its weights, optimizer moments
+  and learning-rate schedule carry on, nothing is trained twice.
+
+Two rules shorten the race, each recorded with its reason: a candidate the four-case rule rules
+out (from_scratch on small data whose pretrained features help) is pruned before it starts, and
+a leader that has finished its schedule with less than `margin` left to gain (validation
+accuracy >= 1 - margin) ends the race, because no rival can then win by more than `margin`.
+Validation is the run's own honest split (whole sequences); test data is never seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tl_perception.train.config import STRATEGIES, FinetuneConfig
+
+#: Each rung keeps the best 1/ETA of the candidates and gives them ETA times the budget.
+ETA = 2
+#: A rung gives an unfrozen main phase at least this many epochs: one epoch at the top of
+#: the learning-rate schedule says too little.
+MIN_RUNG_EPOCHS = 2
+#: A finished leader at or above 1 - MARGIN validation accuracy ends the race.
+MARGIN = 0.01
+
+Log = Callable[[str], None]
+
+
+class Trainee(Protocol):
+    """What the race needs of a candidate's training (`phases.StrategyTraining`)."""
+
+    @property
+    def main_epochs(self) -> int: ...
+
+    @property
+    def main_epochs_done(self) -> int: ...
+
+    @property
+    def score(self) -> float | None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def cached_main_phase(self) -> bool: ...
+
+    def advance(self, main_epochs: int | None) -> None: ...
+
+
+@dataclass
+class Candidate:
+    """One entry of the race and what happened to it."""
+
+    key: str
+    strategy: str
+    trainee: Trainee | None = None
+    seconds: float = 0.0
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "racing"  # "winner", "stopped", "pruned"
+    reason: str = ""
+
+    @property
+    def score(self) -> float:
+        value = self.trainee.score if self.trainee is not None else None
+        return -1.0 if value is None else value
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "strategy": self.strategy,
+            "status": self.status,
+            "reason": self.reason,
+            "val_accuracy": None if self.trainee is None else self.trainee.score,
+            "epochs": 0 if self.trainee is None else self.trainee.main_epochs_done,
+            "seconds": round(self.seconds, 2),
+            "rungs": self.rungs,
+        }
+
+
+def rung_count(candidates: int, eta: int = ETA) -> int:
+    """Rungs before the final one: enough halvings to leave one candidate."""
+    return math.ceil(math.log(candidates, eta) - 1e-9) if candidates > 1 else 0
+
+
+def rung_epochs(fraction: float, trainee: Trainee, min_epochs: int = MIN_RUNG_EPOCHS) -> int | None:
+    """Main-phase epochs a candidate trains to at a rung with this share (None: to its end)."""
+    if trainee.cached_main_phase or fraction >= 1.0:
+        return None
+    total = trainee.main_epochs
+    return min(total, max(min_epochs, math.ceil(fraction * total)))
+
+
+def survivors(candidates: Sequence[Candidate], keep: int) -> list[Candidate]:
+    """The `keep` best by score; ties go to the earlier (cheaper) candidate."""
+    order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, i))
+    return [candidates[i] for i in sorted(order[:keep])]
+
+
+@dataclass
+class Race:
+    """Runs the race over `candidates` (in cost order), building each trainee on first use."""
+
+    candidates: list[Candidate]
+    build: Callable[[Candidate], Trainee]
+    log: Log = print
+    eta: int = ETA
+    margin: float = MARGIN
+    clock: Callable[[], float] = time.monotonic
+    rung_fractions: list[float] = field(default_factory=list)
+
+    def run(self) -> Candidate:
+        """Race to one winner, trained to its full schedule; every candidate's record filled."""
+        live = [c for c in self.candidates if c.status == "racing"]
+        if not live:
+            raise ValueError("a race needs at least one candidate")
+        rungs = rung_count(len(live), self.eta)
+        self.rung_fractions = [self.eta ** (r - rungs) for r in range(rungs + 1)]
+        for number, fraction in enumerate(self.rung_fractions):
+            for candidate in live:
+                self._train(candidate, number, fraction)
+            if number == rungs:
+                break
+            live = self._cut(live, number)
+            if len(live) == 1:
+                self._train(live[0], number + 1, 1.0)
+                break
+        winner = max(live, key=lambda c: c.score)
+        winner.status = "winner"
+        for candidate in live:
+            if candidate is not winner:
+                candidate.status, candidate.reason = "stopped", "lost the final rung"
+        return winner
+
+    def _train(self, candidate: Candidate, number: int, fraction: float) -> None:
+        started = self.clock()
+        if candidate.trainee is None:
+            candidate.trainee = self.build(candidate)
+        trainee = candidate.trainee
+        target = rung_epochs(fraction, trainee)
+        trainee.advance(target)
+        spent = self.clock() - started
+        candidate.seconds += spent
+        candidate.rungs.append(
+            {
+                "rung": number,
+                "share": fraction,
+                "epochs": trainee.main_epochs_done,
+                "val_accuracy": trainee.score,
+                "seconds": round(spent, 2),
+            }
+        )
+        self.log(
+            f"race rung {number}: {candidate.key} val accuracy {_fmt(trainee.score)} after "
+            f"{trainee.main_epochs_done}/{trainee.main_epochs} epochs ({spent:.1f} s)"
+        )
+
+    def _cut(self, live: list[Candidate], number: int) -> list[Candidate]:
+        """Who goes on after rung `number`: a finished near-perfect leader ends the race."""
+        leader = survivors(live, 1)[0]
+        if leader.trainee is not None and leader.trainee.done and leader.score >= 1 - self.margin:
+            kept = [leader]
+            why = (
+                f"{leader.key} finished at val accuracy {leader.score:.4f}: less than "
+                f"{self.margin:g} left to gain"
+            )
+        else:
+            kept = survivors(live, math.ceil(len(live) / self.eta))
+            why = f"not among the best {len(kept)} of {len(live)} at rung {number}"
+        for candidate in live:
+            if candidate not in kept:
+                candidate.status, candidate.reason = "stopped", why
+                self.log(
+                    f"race: {candidate.key} stopped at rung {number} "
+                    f"(val accuracy {_fmt(candidate.trainee.score if candidate.trainee else None)}"
+                    f"): {why}"
+                )
+        return kept
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def plan_candidates(cfg: FinetuneConfig, prior: dict[str, Any]) -> list[Candidate]:
+    """The four strategies in cost order; what the four-case rule rules out is pruned.
+
+    `prior` is the rule's decision (`auto.decide`: data size and the linear probes). Random
+    initialisation needs thousands of images per class: on small data whose pretrained
+    features help at all, from_scratch cannot win (GTSRB at 100/class: 0.26 against
+    fine_tune's 0.94) and would cost the most of all, so it does not start.
+    """
+    candidates = [Candidate(key=s, strategy=s) for s in STRATEGIES]
+    skill = max(prior["probe_final"]["skill"], prior["probe_cut"]["skill"])
+    if not prior["large"] and skill >= cfg.transfer_threshold:
+        scratch = candidates[-1]
+        scratch.status = "pruned"
+        scratch.reason = (
+            f"{prior['images_per_class']:.0f} images/class < {cfg.size_threshold} and "
+            f"pretrained features help (probe skill {skill:.2f} >= {cfg.transfer_threshold}): "
+            "random initialisation needs thousands of images per class"
+        )
+    return candidates
+
+
+def decision_record(
+    race: Race, winner: Candidate, prior: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """What bundle.json records under "auto" (and "decision"): the winner, why, every rung."""
+    others = [
+        f"{c.key} {_fmt(c.trainee.score if c.trainee else None)} ({c.status})"
+        for c in race.candidates
+        if c is not winner
+    ]
+    reason = (
+        f"{winner.strategy}: best val accuracy {winner.score:.4f} in a race of "
+        f"{sum(c.status != 'pruned' for c in race.candidates)} candidates "
+        f"(successive halving, eta {race.eta}); {', '.join(others)}"
+    )
+    return {
+        "strategy": winner.strategy,
+        "reason": reason,
+        "race": {
+            "eta": race.eta,
+            "margin": race.margin,
+            "rung_shares": race.rung_fractions,
+            "seconds": round(seconds, 2),
+            "candidates": [c.record() for c in race.candidates],
+        },
+        "prior": prior,
+        "images_per_class": prior["images_per_class"],
+        "probe_final": prior["probe_final"],
+        "probe_cut": prior["probe_cut"],
+    }
+
+
+def summary_lines(decision: dict[str, Any] | None) -> list[str]:
+    """The race as a small markdown table (evaluate's summary, the demo report); [] without one."""
+    race = (decision or {}).get("race")
+    if not race:
+        return []
+    lines = [
+        "| candidate | status | val accuracy per rung (epochs) | seconds | why |",
+        "|---|---|---|---:|---|",
+    ]
+    for c in race["candidates"]:
+        rungs = ", ".join(
+            f"{_fmt(r['val_accuracy'])} ({r['epochs']})" for r in _trained_rungs(c["rungs"])
+        )
+        lines.append(
+            f"| {c['key']} | {c['status']} | {rungs or '-'} | {c['seconds']:.1f} | "
+            f"{c['reason'] or '-'} |"
+        )
+    return lines
+
+
+def _trained_rungs(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rungs that trained something (a finished frozen candidate only waits in later ones)."""
+    kept: list[dict[str, Any]] = []
+    for rung in rungs:
+        if not kept or rung["epochs"] != kept[-1]["epochs"]:
+            kept.append(rung)
+    return kept
