@@ -1,6 +1,6 @@
 """`--strategy auto` races the real candidates: rungs, pruning, budget, continued weights.
 
-Everything runs on tiny real Keras models (MobileNetV2 a0.35 at 32 px) and real PNG datasets;
+Everything runs on tiny real Keras models (MobileNets at 32 px) and real PNG datasets;
 the race's bookkeeping is checked against what the trainer actually did.
 """
 
@@ -90,8 +90,8 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _fine_tune_in_steps(colors: Path, tmp_path: Path, steps: list[int | None], restart: bool):
-    """Train fine_tune's main phase in `steps`; `restart`: a new optimizer after the first."""
+def _fine_tune_in_steps(colors: Path, tmp_path: Path, steps: list[int | None]):
+    """Train fine_tune (head, then 3 epochs of the main phase) advancing by `steps`."""
     import keras
 
     from tl_perception import backbones
@@ -101,33 +101,27 @@ def _fine_tune_in_steps(colors: Path, tmp_path: Path, steps: list[int | None], r
     from tl_perception.train.strategies import build_network
     from tl_perception.train.trainer import Checkpoints, Recorder
 
-    cfg = tiny(tmp_path, strategy="fine_tune")
-    choice = backbones.choose_backbone("mobilenet_v2", alpha=0.35, input_size=32, weights="none")
+    cfg = tiny(tmp_path, strategy="fine_tune", backbone="mobilenet", epochs=3)
+    choice = backbones.choose_backbone("mobilenet", alpha=0.25, input_size=32, weights="none")
     run = TrainingRun(cfg, choice, load_training_data(colors, 32, 0.2, 0, print), print)
     keras.utils.set_random_seed(0)
     network = build_network(choice, 3, "fine_tune")
-    training = StrategyTraining(
-        network, run, Recorder(Checkpoints(_mkdir(tmp_path / "ck")), None, print, 0)
-    )
-    for number, step in enumerate(steps):
-        if restart and number == 1:  # what "start again" would do: fresh optimizer, schedule
-            training = StrategyTraining(
-                network, run, Recorder(Checkpoints(_mkdir(tmp_path / "ck2")), None, print, 0)
-            )
-            training.advance(1)  # the head phase again, then the main phase from epoch 0
+    recorder = Recorder(Checkpoints(_mkdir(tmp_path / "checkpoints")), None, print, 0)
+    training = StrategyTraining(network, run, recorder)
+    for step in steps:
         training.advance(step)
-    assert training.done
-    return _weights_digest(network.model), int(network.model.optimizer.iterations.numpy())
+    assert training.done and training.main_epochs_done == 3
+    steps_per_epoch = training.trainer.plan.steps_per_epoch if training.trainer else 0
+    assert int(network.model.optimizer.iterations.numpy()) == 3 * steps_per_epoch
+    return _weights_digest(network.model)
 
 
 def test_training_in_rungs_adds_up_to_exactly_one_run(colors: Path, tmp_path: Path) -> None:
-    """The race's steps are one run: same last-epoch weights and optimizer step as a plain
-    run; a restart at the rung (new optimizer and schedule) would not be."""
-    whole = _fine_tune_in_steps(colors, tmp_path / "whole", [None], restart=False)
-    rungs = _fine_tune_in_steps(colors, tmp_path / "rungs", [1, 2, None], restart=False)
-    again = _fine_tune_in_steps(colors, tmp_path / "again", [1, None], restart=True)
+    """A race's steps are one run: the last epoch's weights equal a plain run's (one optimizer,
+    one schedule; a recompile or a restart at a rung would change them)."""
+    whole = _fine_tune_in_steps(colors, tmp_path / "whole", [None])
+    rungs = _fine_tune_in_steps(colors, tmp_path / "rungs", [1, None])
     assert rungs == whole
-    assert again[0] != whole[0]
 
 
 def test_auto_races_prunes_and_records_every_rung(colors: Path, tmp_path: Path) -> None:
@@ -168,16 +162,17 @@ def test_auto_races_prunes_and_records_every_rung(colors: Path, tmp_path: Path) 
 def test_a_finished_leader_with_nothing_left_to_gain_ends_the_race(
     colors: Path, tmp_path: Path, shared_dir: Path
 ) -> None:
-    """ImageNet features separate colours: feature_extraction validates at 1.0 at rung 0, so
-    fine_tune stops after its first rung instead of running on."""
+    """ImageNet features separate colours: feature_extraction, first in the race, validates
+    at 1.0, so no rival could win by a point and none is trained."""
     from tl_perception.train.finetune import finetune
 
     weights = str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5")
-    cfg = tiny(tmp_path, weights=weights, epochs=8)
-    result = finetune(colors, tmp_path / "bundle", cfg, log=print, verbose=0)
+    logs: list[str] = []
+    result = finetune(colors, tmp_path / "bundle", tiny(tmp_path, weights=weights), log=logs.append)
     record = {c["key"]: c for c in result.decision["race"]["candidates"]}
     assert result.strategy == "feature_extraction"
     assert record["feature_extraction"]["val_accuracy"] == 1.0
-    assert record["fine_tune"]["status"] == "stopped"
-    assert "less than 0.01 left to gain" in record["fine_tune"]["reason"]
-    assert record["fine_tune"]["epochs"] == race.MIN_RUNG_EPOCHS < 8
+    for rival in ("truncate", "fine_tune"):
+        assert record[rival]["status"] == "stopped" and record[rival]["rungs"] == []
+        assert "less than 0.01 left to gain" in record[rival]["reason"]
+    assert not any("fine_tune" in line and "phase" in line for line in logs)

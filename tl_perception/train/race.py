@@ -10,14 +10,16 @@ Talwalkar 2016):
   on cached features) run whole at the first rung, and so do main phases on cached features
   (feature_extraction, truncate: their whole schedule costs less than one unfrozen epoch);
 - after each rung the better 1/eta (rounded up) go on, judged by their best validation accuracy
-  so far (ties: the cheaper candidate, listed first);
+  so far (ties: the cheaper candidate, listed first); a candidate that finished its schedule
+  early (a head on cached features) waits in later rungs at no cost;
 - the last candidate standing continues to its full schedule: its weights, optimizer moments
   and learning-rate schedule carry on, nothing is trained twice.
 
 Two rules shorten the race, each recorded with its reason: a candidate the four-case rule rules
 out (from_scratch on small data whose pretrained features help) is pruned before it starts, and
-a leader that has finished its schedule with less than `margin` left to gain (validation
-accuracy >= 1 - margin) ends the race, because no rival can then win by more than `margin`.
+a candidate that finishes its schedule with less than `margin` left to gain (validation
+accuracy >= 1 - margin) ends the race at once, because no rival can then win by more than
+`margin`: on data that frozen features already solve, the race costs about one frozen run.
 Validation is the run's own honest split (whole sequences); test data is never seen.
 """
 
@@ -134,28 +136,51 @@ class Race:
         for number, fraction in enumerate(self.rung_fractions):
             for candidate in live:
                 self._train(candidate, number, fraction)
-            if number == rungs:
+                if self._decisive(candidate):
+                    return self._crown(candidate, live, self._no_room(candidate))
+            if len(live) == 1:
                 break
             live = self._cut(live, number)
             if len(live) == 1:
                 self._train(live[0], number + 1, 1.0)
                 break
-        winner = max(live, key=lambda c: c.score)
+        return self._crown(survivors(live, 1)[0], live, "lost the final rung")
+
+    def _decisive(self, candidate: Candidate) -> bool:
+        """Finished with less than `margin` left to gain: no rival can win by more."""
+        trainee = candidate.trainee
+        return trainee is not None and trainee.done and candidate.score >= 1 - self.margin
+
+    def _no_room(self, leader: Candidate) -> str:
+        return (
+            f"{leader.key} finished at val accuracy {leader.score:.4f}: less than "
+            f"{self.margin:g} left to gain"
+        )
+
+    def _crown(self, winner: Candidate, live: list[Candidate], why: str) -> Candidate:
+        """`winner` wins; the others still racing stop (or never start) for `why`."""
         winner.status = "winner"
         for candidate in live:
             if candidate is not winner:
-                candidate.status, candidate.reason = "stopped", "lost the final rung"
+                self._stop(candidate, why)
         return winner
+
+    def _stop(self, candidate: Candidate, why: str) -> None:
+        candidate.status, candidate.reason = "stopped", why
+        score = candidate.trainee.score if candidate.trainee else None
+        self.log(f"race: {candidate.key} stopped (val accuracy {_fmt(score)}): {why}")
 
     def _train(self, candidate: Candidate, number: int, fraction: float) -> None:
         started = self.clock()
         if candidate.trainee is None:
             candidate.trainee = self.build(candidate)
         trainee = candidate.trainee
-        target = rung_epochs(fraction, trainee)
-        trainee.advance(target)
+        before = trainee.main_epochs_done
+        trainee.advance(rung_epochs(fraction, trainee))
         spent = self.clock() - started
         candidate.seconds += spent
+        if trainee.main_epochs_done == before and candidate.rungs:
+            return  # finished before this rung: nothing trained, nothing to record
         candidate.rungs.append(
             {
                 "rung": number,
@@ -171,25 +196,12 @@ class Race:
         )
 
     def _cut(self, live: list[Candidate], number: int) -> list[Candidate]:
-        """Who goes on after rung `number`: a finished near-perfect leader ends the race."""
-        leader = survivors(live, 1)[0]
-        if leader.trainee is not None and leader.trainee.done and leader.score >= 1 - self.margin:
-            kept = [leader]
-            why = (
-                f"{leader.key} finished at val accuracy {leader.score:.4f}: less than "
-                f"{self.margin:g} left to gain"
-            )
-        else:
-            kept = survivors(live, math.ceil(len(live) / self.eta))
-            why = f"not among the best {len(kept)} of {len(live)} at rung {number}"
+        """The better 1/eta of `live` go on after rung `number`."""
+        kept = survivors(live, math.ceil(len(live) / self.eta))
+        why = f"not among the best {len(kept)} of {len(live)} at rung {number}"
         for candidate in live:
             if candidate not in kept:
-                candidate.status, candidate.reason = "stopped", why
-                self.log(
-                    f"race: {candidate.key} stopped at rung {number} "
-                    f"(val accuracy {_fmt(candidate.trainee.score if candidate.trainee else None)}"
-                    f"): {why}"
-                )
+                self._stop(candidate, why)
         return kept
 
 
@@ -259,20 +271,9 @@ def summary_lines(decision: dict[str, Any] | None) -> list[str]:
         "|---|---|---|---:|---|",
     ]
     for c in race["candidates"]:
-        rungs = ", ".join(
-            f"{_fmt(r['val_accuracy'])} ({r['epochs']})" for r in _trained_rungs(c["rungs"])
-        )
+        rungs = ", ".join(f"{_fmt(r['val_accuracy'])} ({r['epochs']})" for r in c["rungs"])
         lines.append(
             f"| {c['key']} | {c['status']} | {rungs or '-'} | {c['seconds']:.1f} | "
             f"{c['reason'] or '-'} |"
         )
     return lines
-
-
-def _trained_rungs(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rungs that trained something (a finished frozen candidate only waits in later ones)."""
-    kept: list[dict[str, Any]] = []
-    for rung in rungs:
-        if not kept or rung["epochs"] != kept[-1]["epochs"]:
-            kept.append(rung)
-    return kept
