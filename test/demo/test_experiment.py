@@ -86,6 +86,10 @@ def test_experiment_writes_table_and_chart_then_skips_finished_pairs(
         f"mobilenet_v2:0.35/{s}/seed0" for s in ("feature_extraction", "truncate")
     }
     assert all(p["test_images"] == 12 for p in pairs.values())
+    # auto's pick is read off the cells: the best val accuracy, what its race ranks on
+    best = max(pairs.values(), key=lambda p: p["val_accuracy"])  # ties: the grid's first
+    assert state["auto"]["mobilenet_v2:0.35"]["strategy"] == best["strategy"]
+    assert "what auto's race ranks on" in table
     bundles = {k: Path(p["bundle"]) for k, p in pairs.items()}
     mtimes = {k: (b / "bundle.json").stat().st_mtime_ns for k, b in bundles.items()}
 

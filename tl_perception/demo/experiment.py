@@ -23,9 +23,9 @@ from tl_perception.demo.cells import BUNDLES_DIR, TIMING_FIELDS, failed_row, run
 from tl_perception.demo.grid import CACHE_DIR, BackboneSpec, Cell, ExperimentOptions
 from tl_perception.demo.table import RESULTS_PNG, auto_choices, plot_results, results_markdown
 from tl_perception.engine import Job, open_engine
-from tl_perception.errors import DatasetError, TlPerceptionError, TrainingError, one_line
+from tl_perception.errors import DatasetError, TlPerceptionError, TrainingError
 from tl_perception.fsutil import atomic_write_json, atomic_write_text
-from tl_perception.train.config import STRATEGY_CHOICES, FinetuneConfig
+from tl_perception.train.config import STRATEGY_CHOICES
 
 __all__ = [
     "BUNDLES_DIR",
@@ -40,7 +40,6 @@ __all__ = [
     "auto_choices",
     "failed_cells",
     "plot_results",
-    "probe_auto_decision",
     "results_markdown",
     "run_experiment",
 ]
@@ -71,7 +70,7 @@ def run_experiment(options: ExperimentOptions, log: Log = print) -> dict[str, An
         _run_cells(options, todo, state, log)
     if "auto" not in options.strategies:
         for backbone in options.backbones:
-            _try_auto_choice(options, backbone, state, log)
+            _record_race_choice(options, backbone, state)
     atomic_write_json(state_path, state)  # key-sorted: the same whatever order cells ended in
     rows = _table_rows(state, cells)
     atomic_write_text(options.out / RESULTS_MD, results_markdown(options, rows))
@@ -212,41 +211,31 @@ def _table_rows(state: dict[str, Any], cells: Sequence[Cell]) -> list[dict[str, 
     return rows
 
 
-def _try_auto_choice(
-    options: ExperimentOptions, backbone: BackboneSpec, state: dict[str, Any], log: Log
+def _record_race_choice(
+    options: ExperimentOptions, backbone: BackboneSpec, state: dict[str, Any]
 ) -> None:
-    """`_record_auto_choice`, where a probe that cannot run (a backbone this input size does
-    not fit) leaves that backbone without a choice instead of failing the grid."""
-    try:
-        _record_auto_choice(options, backbone, state, log)
-    except TlPerceptionError as err:
-        log(f"{backbone.label}: auto's probe failed: {one_line(err)}")
+    """What `--strategy auto` would pick for `backbone`, read off the trained cells.
 
-
-def _record_auto_choice(
-    options: ExperimentOptions, backbone: BackboneSpec, state: dict[str, Any], log: Log
-) -> None:
-    """What `--strategy auto` would pick for `backbone`, from its probes alone (no training)."""
-    cell = Cell(backbone, "auto", options.seeds[0])
-    settings = options.settings(cell)
-    known = state.setdefault("auto", {}).get(backbone.label)
-    if known and known.get("settings") == settings:
-        return
-    log(f"{backbone.label}: probing what auto would choose")
-    decision = probe_auto_decision(options.dataset, options.config(cell), log)
-    state["auto"][backbone.label] = {
-        "strategy": decision["strategy"],
-        "reason": decision["reason"],
-        "settings": settings,
-    }
-
-
-def probe_auto_decision(dataset: Path, config: FinetuneConfig, log: Log) -> dict[str, Any]:
-    """auto's decision (strategy, reason, probe numbers) for `config`, without training.
-
-    The trainer's own `decide_strategy`, so the answer is the one `finetune --strategy auto`
-    reaches; the probe features land in the shared cache.
+    auto races the strategies on the val split and keeps the best val accuracy; the grid has
+    already trained each strategy to its end on that same split (first seed), so the cell
+    with the best val accuracy is auto's pick, without training anything again. (The race
+    stops losers early and prunes from_scratch on small data, which can only cost a loser.)
     """
-    from tl_perception.train.finetune import decide_strategy
-
-    return decide_strategy(dataset, config, log)
+    rows = [
+        state["cells"][cell.key]
+        for cell in options.cells()
+        if cell.backbone == backbone and cell.seed == options.seeds[0]
+    ]
+    scored = [r for r in rows if not r.get("failed") and r.get("val_accuracy") is not None]
+    if not scored:
+        return
+    order = {name: i for i, name in enumerate(STRATEGY_CHOICES)}
+    best = min(scored, key=lambda r: (-r["val_accuracy"], order.get(r["strategy"], 99)))
+    others = ", ".join(f"{r['strategy']} {r['val_accuracy']:.4f}" for r in scored if r is not best)
+    state.setdefault("auto", {})[backbone.label] = {
+        "strategy": best["strategy"],
+        "reason": (
+            f"best val accuracy {best['val_accuracy']:.4f} of the trained cells, what auto's "
+            f"race ranks on" + (f" ({others})" if others else "")
+        ),
+    }
