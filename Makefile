@@ -22,11 +22,15 @@ $(STAMP): requirements.txt setup.py $(INTERFACE_SOURCES)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# pytest-xdist: each module runs whole on one worker (test/conftest.py); the node tests mostly
+# wait on DDS, so two workers fill two cores (docs/performance.md, "Test suite").
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

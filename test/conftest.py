@@ -2,7 +2,8 @@
 
 Every pytest process gets its own ROS_DOMAIN_ID (processes on one domain see each other even with
 localhost-only discovery), localhost discovery, and a temporary ROS_LOG_DIR. This runs at import,
-before any test imports rclpy; subprocesses inherit it.
+before any test imports rclpy; subprocesses inherit it. Under pytest-xdist the controller draws
+one domain and worker gwN takes the N-th after it, so two workers of one run never share one.
 """
 
 from __future__ import annotations
@@ -15,8 +16,25 @@ from pathlib import Path
 
 import pytest
 
+#: ROS 2 domain ids usable on Linux (each maps to its own UDP ports below the ephemeral range).
+DOMAINS = range(1, 102)
+
+
+def _domain_id() -> int:
+    """A random domain for a plain run or an xdist controller (which its workers inherit through
+    TL_PERCEPTION_TEST_DOMAIN); for worker gwN, the N-th domain after its controller's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # set by xdist before this import
+    if worker is None:
+        drawn = random.SystemRandom().choice(DOMAINS)
+        os.environ["TL_PERCEPTION_TEST_DOMAIN"] = str(drawn)
+        return drawn
+    base = int(os.environ["TL_PERCEPTION_TEST_DOMAIN"])
+    offset = 1 + int(worker.removeprefix("gw"))
+    return DOMAINS[(DOMAINS.index(base) + offset) % len(DOMAINS)]
+
+
 _LOG_DIR = tempfile.mkdtemp(prefix="tl_perception_roslog_")
-os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 101))
+os.environ["ROS_DOMAIN_ID"] = str(_domain_id())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_LOCALHOST_ONLY"] = "1"  # Humble's spelling of the same setting
 os.environ["ROS_LOG_DIR"] = _LOG_DIR
@@ -53,3 +71,16 @@ def color_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support.helpers import make_color_bundle
 
     return make_color_bundle(tmp_path_factory.mktemp("bundles") / "color")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For pytest-xdist's `--dist loadgroup` (`make test`): a module without a group of its own
+    is one group, so it runs on one worker and builds its module fixtures once (the demo run, the
+    mirrored trainings); modules marked `xdist_group("ray")` share one worker, so two local Rays
+    never run at once (rayutil counts every Ray daemon and unit on the machine)."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

@@ -22,6 +22,8 @@ from support.fleetutil import extract_argv, make_fleet, reference_tree, tree_dig
 from support.rayutil import assert_no_daemons_left, local_ray_session, ray_units
 
 ray = pytest.importorskip("ray")
+#: One worker runs every module that starts a Ray (test/conftest.py).
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="session")

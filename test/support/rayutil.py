@@ -1,7 +1,9 @@
 """A real Ray for tests: one local Ray of 2 CPUs per test session, and what Ray left running.
 
 A module's session fixture is `yield from local_ray_session()`; defined once in conftest.py
-instead, every module of the session would share the one Ray.
+instead, every module of the session would share the one Ray. A module that starts a Ray is
+marked `pytestmark = pytest.mark.xdist_group("ray")`: under `make test`'s pytest-xdist, one
+worker runs them all, so no two Rays run at once (the helpers below count the machine's).
 """
 
 from __future__ import annotations
