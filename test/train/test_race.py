@@ -157,6 +157,17 @@ def test_auto_races_prunes_and_records_every_rung(colors: Path, tmp_path: Path) 
     assert prior["probe_final"]["images"] > 0 and prior["reason"].startswith(prior["strategy"])
     assert set(meta["auto"]["probe_cut"]) >= {"accuracy", "chance", "skill"}
     assert json.dumps(meta["decision"]) == json.dumps(meta["auto"])
+    # the winner is its own run: the same weights as `--strategy <winner>` from the same seed
+    alone = finetune(
+        colors, tmp_path / "alone", tiny(tmp_path, strategy=result.strategy), log=print, verbose=0
+    )
+    assert _bundle_digest(alone.bundle_path) == _bundle_digest(result.bundle_path)
+
+
+def _bundle_digest(bundle: Path) -> str:
+    import keras
+
+    return _weights_digest(keras.saving.load_model(bundle / "model.keras", safe_mode=True))
 
 
 def test_a_finished_leader_with_nothing_left_to_gain_ends_the_race(

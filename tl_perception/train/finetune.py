@@ -242,14 +242,10 @@ def _race(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict[
     def build(candidate: race.Candidate) -> StrategyTraining:
         import keras
 
-        keras.utils.set_random_seed(run.cfg.seed)  # each candidate as its own run would start
-        frozen = candidate.strategy in ("feature_extraction", "truncate")
-        network = build_network(
-            run.backbone,
-            len(run.data.class_names),
-            candidate.strategy,
-            base=base if frozen else None,
-        )
+        # Each candidate starts exactly as its own `--strategy` run would (the same seed, then
+        # a fresh base and head), so a rung's score is that run's score at that epoch.
+        keras.utils.set_random_seed(run.cfg.seed)
+        network = build_network(run.backbone, len(run.data.class_names), candidate.strategy)
         return StrategyTraining(network, run, recorder, name_prefix=f"{candidate.key}.")
 
     contest = race.Race(candidates, build, run.log)
