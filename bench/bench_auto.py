@@ -89,11 +89,11 @@ def run_one(strategy: str, args: argparse.Namespace, data: Path, groups: str | N
         group_regex=groups,
         cache_dir=str(cache),
     )
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     result = finetune(
         data, bundle, cfg, log=lambda line: print(f"  [{strategy}] {line}"), verbose=0
     )
-    wall = time.monotonic() - started
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu
     test = evaluate(bundle, data, split="test")
     shutil.rmtree(cache, ignore_errors=True)
     return {
@@ -104,6 +104,7 @@ def run_one(strategy: str, args: argparse.Namespace, data: Path, groups: str | N
         "test_ece": test["calibration"].get("ece"),
         "train_seconds": round(result.train_seconds, 1),
         "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
         "reason": result.decision.get("reason"),
         "race": result.decision.get("race"),
     }
@@ -137,8 +138,14 @@ def table(rows: dict[str, dict]) -> list[str]:
             lines.append(
                 f"auto's wall time {auto['wall_seconds']:.0f} s = "
                 f"{auto['wall_seconds'] / own['wall_seconds']:.2f}x its winner's own run "
-                f"({own['wall_seconds']:.0f} s)"
+                f"({own['wall_seconds']:.0f} s; load {auto.get('load_before')} and "
+                f"{own.get('load_before')})"
             )
+            if auto.get("cpu_seconds") and own.get("cpu_seconds"):
+                lines.append(
+                    f"CPU time {auto['cpu_seconds']:.0f} s = "
+                    f"{auto['cpu_seconds'] / own['cpu_seconds']:.2f}x ({own['cpu_seconds']:.0f} s)"
+                )
     return lines
 
 
