@@ -106,6 +106,28 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """`mobilenet_v2` or `mobilenet_v2:0.35` (name and optional width multiplier)."""
+
+    name: str
+    alpha: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> BackboneSpec:
+        name, _, alpha = text.strip().partition(":")
+        if not name:
+            raise TrainingError(f"empty backbone name in {text!r}")
+        try:
+            return cls(name, float(alpha) if alpha else None)
+        except ValueError:
+            raise TrainingError(f"backbone {text!r}: alpha after ':' must be a number") from None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.alpha is None else f"{self.name}:{self.alpha:g}"
+
+
 def get_backbone(name: str) -> Backbone:
     """The registry entry for `name`; TrainingError listing the known names otherwise."""
     try:

@@ -78,6 +78,34 @@ def test_the_four_case_rule_prunes_from_scratch_only_where_it_cannot_win(
     assert all(c.status == "racing" for c in candidates[:-1])
 
 
+def test_several_backbones_and_input_sizes_are_variants_raced_in_cost_order(
+    tmp_path: Path,
+) -> None:
+    from tl_perception.errors import TrainingError
+    from tl_perception.train.finetune import _backbone_choices, variant_label
+
+    cfg = tiny(tmp_path, race_backbones=["mobilenet:0.25"], race_input_sizes=[40, 32]).validate()
+    choices = _backbone_choices(cfg)
+    labels = [variant_label(c) for c in choices]
+    assert labels == [  # the configured one first; 32 twice is one variant
+        "mobilenet_v2:0.35@32",
+        "mobilenet_v2:0.35@40",
+        "mobilenet:0.25@32",
+        "mobilenet:0.25@40",
+    ]
+    prior = decide(80, probe(0.42, 0.023), probe(0.43, 0.023), "mid", cfg)
+    candidates = race.plan_candidates(cfg, prior, list(zip(labels, choices, strict=True)))
+    assert [c.key for c in candidates[:5]] == [
+        *(f"{label}/feature_extraction" for label in labels),
+        "mobilenet_v2:0.35@32/truncate",
+    ]  # every frozen candidate before any unfrozen one
+    assert [c.status for c in candidates if c.strategy == "from_scratch"] == ["pruned"] * 4
+    with pytest.raises(TrainingError, match="candidates of auto's race"):
+        tiny(tmp_path, strategy="fine_tune", race_input_sizes=[64]).validate()
+    with pytest.raises(TrainingError, match="fits one backbone"):
+        _backbone_choices(tiny(tmp_path, weights="w.h5", race_backbones=["mobilenet"]))
+
+
 def _weights_digest(model) -> str:  # type: ignore[no-untyped-def]
     digest = hashlib.sha256()
     for weight in model.get_weights():

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tl_perception.backbones import BackboneSpec
 from tl_perception.dataset import read_dataset
 from tl_perception.demo.cells import BUNDLES_DIR, TIMING_FIELDS, failed_row, run_cell
-from tl_perception.demo.grid import CACHE_DIR, BackboneSpec, Cell, ExperimentOptions
+from tl_perception.demo.grid import CACHE_DIR, Cell, ExperimentOptions
 from tl_perception.demo.table import RESULTS_PNG, auto_choices, plot_results, results_markdown
 from tl_perception.engine import Job, open_engine
 from tl_perception.errors import DatasetError, TlPerceptionError, TrainingError

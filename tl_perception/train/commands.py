@@ -64,6 +64,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--cache-augmentations", type=int, metavar="K", help="default: 2")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default XDG cache)")
     p.add_argument("--size-threshold", type=int, help="auto: images/class for 'large'")
+    p.add_argument(
+        "--race-backbones",
+        type=_words,
+        metavar="B[:ALPHA],...",
+        help="auto: race these backbones too (e.g. mobilenet:0.25)",
+    )
+    p.add_argument(
+        "--race-input-sizes",
+        type=_sizes,
+        metavar="N,...",
+        help="auto: race these input sizes too (e.g. 96,128)",
+    )
     p.add_argument("--no-export", dest="export_tflite", action="store_false", default=None)
     p.add_argument(
         "--no-calibrate",
@@ -74,6 +86,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.set_defaults(func=run_finetune)
     eval_commands.register(subparsers)
+
+
+def _words(text: str) -> list[str]:
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(word) for word in _words(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
 
 
 def run_finetune(args: argparse.Namespace) -> int:

@@ -62,6 +62,10 @@ class FinetuneConfig:
     transfer_threshold: float = 0.2  # probe skill below which pretrained features do not help
     solved_threshold: float = 0.97  # probe accuracy at which even large data needs no fine-tune
     probe_max_per_class: int = 100
+    # auto: race these backbones ("name" or "name:alpha") and input sizes too, beside
+    # `backbone`/`alpha` and `input_size`: every combination is a candidate (docs/training.md)
+    race_backbones: list[str] = dataclasses.field(default_factory=list)
+    race_input_sizes: list[int] = dataclasses.field(default_factory=list)
     # fit a temperature on the val split and fold it into the final layer (docs/training.md)
     calibrate: bool = True
     # precision the answered val images must reach for the recorded unknown_threshold
@@ -103,7 +107,25 @@ class FinetuneConfig:
             )
         if self.size_threshold < 1:
             raise TrainingError(f"size_threshold must be >= 1, got {self.size_threshold!r}")
+        self._check_race_lists()
         return self
+
+    def _check_race_lists(self) -> None:
+        """Several backbones or sizes are candidates of auto's race, nothing else."""
+        backbones: Any = self.race_backbones  # from YAML: anything
+        sizes: Any = self.race_input_sizes
+        if not isinstance(backbones, list | tuple) or not isinstance(sizes, list | tuple):
+            raise TrainingError("race_backbones and race_input_sizes must be lists")
+        self.race_backbones, self.race_input_sizes = [str(b) for b in backbones], list(sizes)
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise TrainingError(f"race_input_sizes must be positive integers, got {size!r}")
+        if (self.race_backbones or self.race_input_sizes) and self.strategy != "auto":
+            raise TrainingError(
+                f"race_backbones/race_input_sizes are candidates of auto's race, not of "
+                f"strategy {self.strategy!r}; compare fixed strategies with `tl-perception "
+                "experiment`"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

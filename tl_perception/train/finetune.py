@@ -85,12 +85,14 @@ def finetune(
     import keras
 
     cfg = (config or FinetuneConfig()).validate()
-    backbone = _choose_backbone(cfg)
+    choices = _backbone_choices(cfg)
+    backbone = choices[0]
     out = Path(out_bundle_path)
     checkpoints = _open_checkpoints(out, cfg, log)
     start = time.monotonic()
     keras.utils.set_random_seed(cfg.seed)
     run = TrainingRun(cfg, backbone, _load_data(dataset_path, cfg, backbone, log), log)
+    runs = _Runs(run, dataset_path)
     log(
         f"{len(run.data.train)} train / {len(run.data.val)} val images, "
         f"{len(run.data.class_names)} classes (val: {run.data.val_source})"
@@ -105,9 +107,9 @@ def finetune(
     tensorboard_dir = Path(tempfile.mkdtemp(prefix="tl_perception_tb_"))
     recorder = Recorder(checkpoints, tensorboard_dir, log, verbose)
     with distribution_strategy(cfg.distribute, cfg.batch_size, log).scope():
-        training, decision = _train(run, recorder)
+        training, decision = _train(runs, choices, recorder)
         history, phases = training.finish()
-        network = training.network
+        network, run = training.network, training.run
         val = calibrate_network(network, run)
     result = FinetuneResult(
         bundle_path=out,
@@ -166,6 +168,56 @@ def _choose_backbone(cfg: FinetuneConfig) -> backbones.BackboneChoice:
     )
 
 
+def _backbone_choices(cfg: FinetuneConfig) -> list[backbones.BackboneChoice]:
+    """The backbone at its input size first, then every other pair auto races (resolved now,
+    so a bad one fails before any image is read)."""
+    names = [backbones.BackboneSpec(cfg.backbone, cfg.alpha)]
+    names += [backbones.BackboneSpec.parse(text) for text in cfg.race_backbones]
+    if len({n.name for n in names}) > 1 and cfg.weights not in ("imagenet", "none"):
+        raise TrainingError(
+            f"weights file {cfg.weights!r} fits one backbone; race several backbones with "
+            "weights imagenet (or none)"
+        )
+    choices: dict[tuple[str, float | None, int], backbones.BackboneChoice] = {}
+    for name in names:
+        for size in [cfg.input_size, *cfg.race_input_sizes]:
+            choice = backbones.choose_backbone(
+                name.name,
+                alpha=name.alpha,
+                input_size=size,
+                weights=cfg.weights,
+                cut_layer=cfg.cut_layer if name.name == cfg.backbone else None,
+            )
+            choices.setdefault((choice.name, choice.alpha, choice.input_size), choice)
+    return list(choices.values())
+
+
+def variant_label(choice: backbones.BackboneChoice) -> str:
+    """`mobilenet_v2:0.35@96`: a race candidate's backbone, width and input size."""
+    name = backbones.BackboneSpec(choice.name, choice.alpha).label
+    return f"{name}@{choice.input_size}"
+
+
+@dataclass
+class _Runs:
+    """One `TrainingRun` per backbone choice, the data decoded once per input size."""
+
+    first: TrainingRun
+    dataset_path: str | Path
+    _data: dict[int, TrainingData] = field(default_factory=dict)
+
+    def get(self, choice: backbones.BackboneChoice) -> TrainingRun:
+        first = self.first
+        if choice == first.backbone:
+            return first
+        self._data.setdefault(first.backbone.input_size, first.data)
+        if choice.input_size not in self._data:
+            self._data[choice.input_size] = _load_data(
+                self.dataset_path, first.cfg, choice, first.log
+            )
+        return TrainingRun(first.cfg, choice, self._data[choice.input_size], first.log)
+
+
 def _load_data(
     dataset_path: str | Path, cfg: FinetuneConfig, backbone: backbones.BackboneChoice, log: Log
 ) -> TrainingData:
@@ -202,24 +254,29 @@ def _open_checkpoints(out: Path, cfg: FinetuneConfig, log: Log) -> Checkpoints:
     return checkpoints
 
 
-def _train(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict[str, Any]]:
+def _train(
+    runs: _Runs, choices: list[backbones.BackboneChoice], recorder: Recorder
+) -> tuple[StrategyTraining, dict[str, Any]]:
     """The chosen strategy trained to its end, and why it was chosen.
 
     `auto` races the candidates (`race.py`); a resumed run keeps its recorded decision and
     continues the winner from its checkpoints, and a race cut short resumes each candidate
     from its own.
     """
-    checkpoints = recorder.checkpoints
+    run, checkpoints = runs.first, recorder.checkpoints
     decision: dict[str, Any] | None = checkpoints.state.get("decision")
-    classes = len(run.data.class_names)
     if decision is None and run.cfg.strategy == "auto":
-        training, decision = _race(run, recorder)
+        training, decision = _race(runs, choices, recorder)
     else:
         if decision is None:
             decision = {"strategy": run.cfg.strategy, "reason": "set by user"}
-        strategy = decision["strategy"]
-        prefix = f"{strategy}." if "race" in decision else ""
-        network = build_network(run.backbone, classes, strategy)
+        if "race" in decision:  # the race's winner, resumed under its own checkpoint names
+            won = [c for c in choices if variant_label(c) == decision.get("variant")]
+            run = runs.get(won[0]) if won else run
+            prefix = race.checkpoint_prefix(decision.get("winner", decision["strategy"]))
+        else:
+            prefix = ""
+        network = build_network(run.backbone, len(run.data.class_names), decision["strategy"])
         training = StrategyTraining(network, run, recorder, name_prefix=prefix)
     run.log(f"strategy: {decision['reason']}")
     checkpoints.state["decision"] = decision
@@ -228,15 +285,23 @@ def _train(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict
     return training, decision
 
 
-def _race(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict[str, Any]]:
-    """Race the candidates on the val split; the winner's training and the decision record."""
+def _race(
+    runs: _Runs, choices: list[backbones.BackboneChoice], recorder: Recorder
+) -> tuple[StrategyTraining, dict[str, Any]]:
+    """Race the candidates on the val split; the winner's training and the decision record.
+
+    The four-case rule's probe runs on the first backbone choice; its decision prunes (and,
+    without a val split, decides).
+    """
+    run = runs.first
     base = run.backbone.build_base()
     prior = _auto_decision(run, base)
     if not len(run.data.val):
         prior["reason"] += " (no val split to race on: the four-case rule decided)"
         network = build_network(run.backbone, len(run.data.class_names), prior["strategy"], base)
         return StrategyTraining(network, run, recorder), prior
-    candidates = race.plan_candidates(run.cfg, prior)
+    variants = [(variant_label(c), c) for c in choices]
+    candidates = race.plan_candidates(run.cfg, prior, variants)
     started = time.monotonic()
 
     def build(candidate: race.Candidate) -> StrategyTraining:
@@ -245,12 +310,16 @@ def _race(run: TrainingRun, recorder: Recorder) -> tuple[StrategyTraining, dict[
         # Each candidate starts exactly as its own `--strategy` run would (the same seed, then
         # a fresh base and head), so a rung's score is that run's score at that epoch.
         keras.utils.set_random_seed(run.cfg.seed)
-        network = build_network(run.backbone, len(run.data.class_names), candidate.strategy)
-        return StrategyTraining(network, run, recorder, name_prefix=f"{candidate.key}.")
+        own = runs.get(candidate.variant)
+        network = build_network(own.backbone, len(own.data.class_names), candidate.strategy)
+        return StrategyTraining(
+            network, own, recorder, name_prefix=race.checkpoint_prefix(candidate.key)
+        )
 
     contest = race.Race(candidates, build, run.log)
     winner = contest.run()
     decision = race.decision_record(contest, winner, prior, time.monotonic() - started)
+    decision["variant"] = variant_label(winner.variant)
     assert isinstance(winner.trainee, StrategyTraining)
     return winner.trainee, decision
 

@@ -71,6 +71,7 @@ class Candidate:
 
     key: str
     strategy: str
+    variant: Any = None  # what else defines it (the backbone at its input size), for `build`
     trainee: Trainee | None = None
     seconds: float = 0.0
     rungs: list[dict[str, Any]] = field(default_factory=list)
@@ -93,6 +94,11 @@ class Candidate:
             "seconds": round(self.seconds, 2),
             "rungs": self.rungs,
         }
+
+
+def checkpoint_prefix(key: str) -> str:
+    """A candidate's phase names in the run's checkpoint directory (`fine_tune.all`, ...)."""
+    return key.replace("/", ".") + "."
 
 
 def rung_count(candidates: int, eta: int = ETA) -> int:
@@ -209,24 +215,33 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def plan_candidates(cfg: FinetuneConfig, prior: dict[str, Any]) -> list[Candidate]:
-    """The four strategies in cost order; what the four-case rule rules out is pruned.
+def plan_candidates(
+    cfg: FinetuneConfig, prior: dict[str, Any], variants: Sequence[tuple[str, Any]] = (("", None),)
+) -> list[Candidate]:
+    """The four strategies of every variant (label, backbone choice), cheapest first.
 
-    `prior` is the rule's decision (`auto.decide`: data size and the linear probes). Random
-    initialisation needs thousands of images per class: on small data whose pretrained
-    features help at all, from_scratch cannot win (GTSRB at 100/class: 0.26 against
-    fine_tune's 0.94) and would cost the most of all, so it does not start.
+    Cost order is strategy first (every frozen candidate before any unfrozen one), then the
+    variants as listed. `prior` is the four-case rule's decision (`auto.decide`: data size and
+    the linear probes). Random initialisation needs thousands of images per class: on small
+    data whose pretrained features help at all, from_scratch cannot win (GTSRB at 100/class:
+    0.26 against fine_tune's 0.94) and would cost the most of all, so it does not start.
     """
-    candidates = [Candidate(key=s, strategy=s) for s in STRATEGIES]
+    several = len(variants) > 1
+    candidates = [
+        Candidate(key=f"{label}/{s}" if several else s, strategy=s, variant=variant)
+        for s in STRATEGIES
+        for label, variant in variants
+    ]
     skill = max(prior["probe_final"]["skill"], prior["probe_cut"]["skill"])
     if not prior["large"] and skill >= cfg.transfer_threshold:
-        scratch = candidates[-1]
-        scratch.status = "pruned"
-        scratch.reason = (
-            f"{prior['images_per_class']:.0f} images/class < {cfg.size_threshold} and "
-            f"pretrained features help (probe skill {skill:.2f} >= {cfg.transfer_threshold}): "
-            "random initialisation needs thousands of images per class"
-        )
+        for scratch in (c for c in candidates if c.strategy == "from_scratch"):
+            scratch.status = "pruned"
+            scratch.reason = (
+                f"{prior['images_per_class']:.0f} images/class < {cfg.size_threshold} and "
+                f"pretrained features help (probe skill {skill:.2f} >= "
+                f"{cfg.transfer_threshold}): random initialisation needs thousands of images "
+                "per class"
+            )
     return candidates
 
 
@@ -234,18 +249,18 @@ def decision_record(
     race: Race, winner: Candidate, prior: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
     """What bundle.json records under "auto" (and "decision"): the winner, why, every rung."""
-    others = [
-        f"{c.key} {_fmt(c.trainee.score if c.trainee else None)} ({c.status})"
-        for c in race.candidates
-        if c is not winner
-    ]
+    raced = [c for c in race.candidates if c.status != "pruned"]
+    rivals = sorted(survivors([c for c in raced if c is not winner], 2), key=lambda c: -c.score)
+    others = ", ".join(f"{c.key} {_fmt(c.trainee.score if c.trainee else None)}" for c in rivals)
+    pruned = sum(c.status == "pruned" for c in race.candidates)
     reason = (
-        f"{winner.strategy}: best val accuracy {winner.score:.4f} in a race of "
-        f"{sum(c.status != 'pruned' for c in race.candidates)} candidates "
-        f"(successive halving, eta {race.eta}); {', '.join(others)}"
+        f"{winner.key}: best val accuracy {winner.score:.4f} in a race of {len(raced)} "
+        f"candidates (successive halving, eta {race.eta}); next best: {others or 'none'}"
+        + (f"; {pruned} pruned" if pruned else "")
     )
     return {
         "strategy": winner.strategy,
+        "winner": winner.key,
         "reason": reason,
         "race": {
             "eta": race.eta,
