@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,17 @@ def color_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support.helpers import make_color_bundle
 
     return make_color_bundle(tmp_path_factory.mktemp("bundles") / "color")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_ends_with_its_module() -> Iterator[None]:
+    """A local Ray that a module's tests started (rayutil.local_ray_session, even from a session
+    fixture) is shut down when the module ends: no later module of this process sees it (the
+    engine tests assert that an engine left no Ray initialised), whatever order runs them."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.hookimpl(tryfirst=True)
