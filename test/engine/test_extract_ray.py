@@ -93,6 +93,7 @@ def test_a_ray_worker_killed_mid_task_is_retried(ray_local, fleet, reference, tm
     assert tree_digest(out) == reference
 
 
+@pytest.mark.slow
 def test_a_node_that_dies_mid_run_costs_nothing(ray_local, fleet, reference, tmp_path):
     """The last Ray test: the session's Ray makes way for a two-node cluster."""
     from ray.cluster_utils import Cluster

@@ -313,6 +313,7 @@ def run_storm(p: Probe, pub: Any, cases: Iterator[Case]) -> None:
     assert int(diag["bad_frames"]) > 0  # the flood's bad frames are counted, not answered
 
 
+@pytest.mark.slow
 def test_raw_image_storm(color_bundle: Path) -> None:
     overrides = {
         **RAW_LABELS,
@@ -328,6 +329,7 @@ def test_raw_image_storm(color_bundle: Path) -> None:
         assert p.overlays, "overlays were enabled and subscribed"
 
 
+@pytest.mark.slow
 def test_compressed_image_storm(color_bundle: Path) -> None:
     overrides = {**RAW_LABELS, "model_path": str(color_bundle), "image_transport": "compressed"}
     with (

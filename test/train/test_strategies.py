@@ -107,6 +107,7 @@ def test_frozen_batchnorm_stays_in_inference_mode_when_the_base_is_unfrozen() ->
     np.testing.assert_array_equal(before, bn.moving_mean.numpy())
 
 
+@pytest.mark.slow
 def test_adapting_batchnorm_statistics_catch_up_with_new_data_within_100_steps() -> None:
     """With Keras' 0.999 the moving mean closes ~10 % of the gap in 100 steps (val collapses)."""
     import numpy as np
