@@ -1,6 +1,6 @@
 """`--strategy auto` races the real candidates: rungs, pruning, budget, continued weights.
 
-Everything runs on tiny real Keras models (MobileNets at 32 px) and real PNG datasets;
+Everything runs on tiny real Keras models (MobileNet a0.25 at 32 px) and real PNG datasets;
 the race's bookkeeping is checked against what the trainer actually did.
 """
 
@@ -26,6 +26,7 @@ def probe(accuracy: float, chance: float) -> dict[str, float]:
 
 def tiny(tmp_path: Path, **overrides: object) -> FinetuneConfig:
     values: dict[str, object] = {
+        "backbone": "mobilenet",  # a0.25: the cheapest to build and trace
         "input_size": 32,
         "weights": "none",
         "strategy": "auto",
@@ -84,7 +85,12 @@ def test_several_backbones_and_input_sizes_are_variants_raced_in_cost_order(
     from tl_perception.errors import TrainingError
     from tl_perception.train.finetune import _backbone_choices, variant_label
 
-    cfg = tiny(tmp_path, race_backbones=["mobilenet:0.25"], race_input_sizes=[40, 32]).validate()
+    cfg = tiny(
+        tmp_path,
+        backbone="mobilenet_v2",
+        race_backbones=["mobilenet:0.25"],
+        race_input_sizes=[40, 32],
+    ).validate()
     choices = _backbone_choices(cfg)
     labels = [variant_label(c) for c in choices]
     assert labels == [  # the configured one first; 32 twice is one variant
@@ -103,7 +109,7 @@ def test_several_backbones_and_input_sizes_are_variants_raced_in_cost_order(
     with pytest.raises(TrainingError, match="candidates of auto's race"):
         tiny(tmp_path, strategy="fine_tune", race_input_sizes=[64]).validate()
     with pytest.raises(TrainingError, match="fits one backbone"):
-        _backbone_choices(tiny(tmp_path, weights="w.h5", race_backbones=["mobilenet"]))
+        _backbone_choices(tiny(tmp_path, weights="w.h5", race_backbones=["mobilenet_v2"]))
 
 
 def _weights_digest(model) -> str:  # type: ignore[no-untyped-def]
@@ -129,7 +135,7 @@ def _fine_tune_in_steps(colors: Path, tmp_path: Path, steps: list[int | None]):
     from tl_perception.train.strategies import build_network
     from tl_perception.train.trainer import Checkpoints, Recorder
 
-    cfg = tiny(tmp_path, strategy="fine_tune", backbone="mobilenet", epochs=3)
+    cfg = tiny(tmp_path, strategy="fine_tune", epochs=3)
     choice = backbones.choose_backbone("mobilenet", alpha=0.25, input_size=32, weights="none")
     run = TrainingRun(cfg, choice, load_training_data(colors, 32, 0.2, 0, print), print)
     keras.utils.set_random_seed(0)
@@ -206,8 +212,9 @@ def test_a_finished_leader_with_nothing_left_to_gain_ends_the_race(
     from tl_perception.train.finetune import finetune
 
     weights = str(shared_dir / "weights" / "mobilenet_v2_0.35_imagenet_no_top.h5")
+    cfg = tiny(tmp_path, backbone="mobilenet_v2", weights=weights)
     logs: list[str] = []
-    result = finetune(colors, tmp_path / "bundle", tiny(tmp_path, weights=weights), log=logs.append)
+    result = finetune(colors, tmp_path / "bundle", cfg, log=logs.append)
     record = {c["key"]: c for c in result.decision["race"]["candidates"]}
     assert result.strategy == "feature_extraction"
     assert record["feature_extraction"]["val_accuracy"] == 1.0
@@ -215,3 +222,26 @@ def test_a_finished_leader_with_nothing_left_to_gain_ends_the_race(
         assert record[rival]["status"] == "stopped" and record[rival]["rungs"] == []
         assert "less than 0.01 left to gain" in record[rival]["reason"]
     assert not any("fine_tune" in line and "phase" in line for line in logs)
+
+
+def test_a_race_cut_short_resumes_every_candidate_from_its_checkpoints(
+    colors: Path, tmp_path: Path
+) -> None:
+    from tl_perception.train.finetune import finetune
+
+    def interrupt(line: str) -> None:
+        if line.startswith("race rung 0: fine_tune"):
+            raise KeyboardInterrupt  # Ctrl-C after the first rung
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(colors, tmp_path / "bundle", tiny(tmp_path), log=interrupt, verbose=0)
+    assert (tmp_path / "bundle.partial").is_dir() and not (tmp_path / "bundle").exists()
+    logs: list[str] = []
+    result = finetune(
+        colors, tmp_path / "bundle", tiny(tmp_path, resume=True), log=logs.append, verbose=0
+    )
+    for phase in ("feature_extraction.head", "truncate.head", "fine_tune.head"):
+        assert any(f"phase {phase!r}: already trained" in line for line in logs), phase
+    assert any("phase 'fine_tune.all': resuming at epoch 3 of 4" in line for line in logs)
+    assert result.decision["race"]["candidates"][0]["rungs"]
+    assert not (tmp_path / "bundle.partial").exists()
