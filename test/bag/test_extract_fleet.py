@@ -261,6 +261,7 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.serial  # SIGINT must land inside the write wave
 def test_ctrl_c_stops_the_workers_and_leaves_a_valid_directory(fleet, reference, tmp_path):
     out = tmp_path / "out"
     argv = [*extract_argv(fleet, out), "--workers", "2"]

@@ -83,6 +83,7 @@ def spans(directory: str, item: int) -> int:
     return item
 
 
+@pytest.mark.serial  # the two workers' spans must overlap
 def test_units_in_flight_are_bounded_by_the_workers(tmp_path):
     pulled = []
     consumed = 0
