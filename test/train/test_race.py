@@ -222,6 +222,7 @@ def test_a_finished_leader_with_nothing_left_to_gain_ends_the_race(
         assert record[rival]["status"] == "stopped" and record[rival]["rungs"] == []
         assert "less than 0.01 left to gain" in record[rival]["reason"]
     assert not any("fine_tune" in line and "phase" in line for line in logs)
+    assert "2 not started (less than 0.01 left to gain); 1 pruned" in result.decision["reason"]
 
 
 def test_a_race_cut_short_resumes_every_candidate_from_its_checkpoints(

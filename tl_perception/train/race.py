@@ -250,12 +250,19 @@ def decision_record(
 ) -> dict[str, Any]:
     """What bundle.json records under "auto" (and "decision"): the winner, why, every rung."""
     raced = [c for c in race.candidates if c.status != "pruned"]
-    rivals = sorted(survivors([c for c in raced if c is not winner], 2), key=lambda c: -c.score)
-    others = ", ".join(f"{c.key} {_fmt(c.trainee.score if c.trainee else None)}" for c in rivals)
-    pruned = sum(c.status == "pruned" for c in race.candidates)
+    trained = [c for c in raced if c is not winner and c.trainee is not None]
+    rivals = sorted(survivors(trained, 2), key=lambda c: -c.score)
+    others = ", ".join(f"{c.key} {_fmt(c.score)}" for c in rivals)
+    unstarted = len(raced) - len(trained) - 1
+    pruned = len(race.candidates) - len(raced)
     reason = (
         f"{winner.key}: best val accuracy {winner.score:.4f} in a race of {len(raced)} "
         f"candidates (successive halving, eta {race.eta}); next best: {others or 'none'}"
+        + (
+            f"; {unstarted} not started (less than {race.margin:g} left to gain)"
+            if unstarted
+            else ""
+        )
         + (f"; {pruned} pruned" if pruned else "")
     )
     return {
