@@ -79,9 +79,21 @@ class Candidate:
     reason: str = ""
 
     @property
+    def val_accuracy(self) -> float | None:
+        """Its best val accuracy so far (its last rung's, once released)."""
+        if self.trainee is not None:
+            return self.trainee.score
+        return self.rungs[-1]["val_accuracy"] if self.rungs else None
+
+    @property
     def score(self) -> float:
-        value = self.trainee.score if self.trainee is not None else None
+        value = self.val_accuracy
         return -1.0 if value is None else value
+
+    def release(self) -> None:
+        """Drop the stopped candidate's model (its rungs keep what it measured): a race of
+        several large backbones must not hold every loser in memory."""
+        self.trainee = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -89,8 +101,8 @@ class Candidate:
             "strategy": self.strategy,
             "status": self.status,
             "reason": self.reason,
-            "val_accuracy": None if self.trainee is None else self.trainee.score,
-            "epochs": 0 if self.trainee is None else self.trainee.main_epochs_done,
+            "val_accuracy": self.val_accuracy,
+            "epochs": self.rungs[-1]["epochs"] if self.rungs else 0,
             "seconds": round(self.seconds, 2),
             "rungs": self.rungs,
         }
@@ -173,8 +185,10 @@ class Race:
 
     def _stop(self, candidate: Candidate, why: str) -> None:
         candidate.status, candidate.reason = "stopped", why
-        score = candidate.trainee.score if candidate.trainee else None
-        self.log(f"race: {candidate.key} stopped (val accuracy {_fmt(score)}): {why}")
+        self.log(
+            f"race: {candidate.key} stopped (val accuracy {_fmt(candidate.val_accuracy)}): {why}"
+        )
+        candidate.release()
 
     def _train(self, candidate: Candidate, number: int, fraction: float) -> None:
         started = self.clock()
@@ -250,7 +264,7 @@ def decision_record(
 ) -> dict[str, Any]:
     """What bundle.json records under "auto" (and "decision"): the winner, why, every rung."""
     raced = [c for c in race.candidates if c.status != "pruned"]
-    trained = [c for c in raced if c is not winner and c.trainee is not None]
+    trained = [c for c in raced if c is not winner and c.rungs]
     rivals = sorted(survivors(trained, 2), key=lambda c: -c.score)
     others = ", ".join(f"{c.key} {_fmt(c.score)}" for c in rivals)
     unstarted = len(raced) - len(trained) - 1
