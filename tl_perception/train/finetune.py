@@ -206,11 +206,13 @@ class _Runs:
     dataset_path: str | Path
     _data: dict[int, TrainingData] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._data[self.first.backbone.input_size] = self.first.data
+
     def get(self, choice: backbones.BackboneChoice) -> TrainingRun:
         first = self.first
         if choice == first.backbone:
             return first
-        self._data.setdefault(first.backbone.input_size, first.data)
         if choice.input_size not in self._data:
             self._data[choice.input_size] = _load_data(
                 self.dataset_path, first.cfg, choice, first.log

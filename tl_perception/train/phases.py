@@ -96,7 +96,7 @@ class StrategyTraining:
     def advance(self, main_epochs: int | None) -> None:
         """Train until the main phase has run `main_epochs` epochs (None: to its end)."""
         last = len(self.network.phases) - 1
-        while self._current < last and not self.on_main:
+        while self._current < last:
             if self.trainer is None:
                 self._current += 1
                 self.trainer = self._start_phase(self.network.phases[self._current])
